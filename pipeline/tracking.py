@@ -1,0 +1,146 @@
+"""MLflow side effects of a training run: the store check, params, per-epoch metrics and images,
+and the logged models."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import infer_signature
+
+from pipeline.config import ConfigError, RunConfig
+from pipeline.data import Dataset, class_counts
+from pipeline.images import image_grid
+
+IMAGE_KEY = "generated_images"
+
+
+def check_tracking_uri(uri: str | None = None) -> str:
+    """Fail fast, before training, when the tracking store cannot be reached or opened."""
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise ConfigError(f"tracking URI {uri} is unreachable: {err}") from err
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # any store error means the same to the user
+        raise ConfigError(f"tracking URI {uri} cannot be used: {err}") from err
+    return uri
+
+
+def git_commit() -> str:
+    """The project's commit, marked `-dirty` when the work tree has changes; `unknown` outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def versions() -> dict[str, str]:
+    return {
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "mlflow_version": mlflow.__version__,
+    }
+
+
+def run_destination(config: RunConfig, experiment_given: bool) -> tuple[RunConfig, str | None]:
+    """Where the run goes: (config with the real experiment name, experiment id to create the run in).
+
+    The id is None when `mlflow run` already created the run (MLFLOW_RUN_ID), in the experiment named
+    by its own `--experiment-name`; an explicit, different `experiment` cannot be honoured there and
+    is refused rather than silently ignored.
+    """
+    launched_run = os.environ.get("MLFLOW_RUN_ID")
+    if launched_run:
+        existing = mlflow.get_experiment(mlflow.get_run(launched_run).info.experiment_id).name
+        if experiment_given and config.experiment != existing:
+            raise ConfigError(
+                f"experiment={config.experiment!r} differs from {existing!r}, where `mlflow run` already "
+                f"created this run: pass `--experiment-name {config.experiment}` to `mlflow run` instead"
+            )
+        return dataclasses.replace(config, experiment=existing), None
+    experiment = mlflow.get_experiment_by_name(config.experiment)
+    if experiment is None:
+        return config, mlflow.create_experiment(config.experiment)
+    return config, experiment.experiment_id
+
+
+def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> None:
+    """Every resolved setting, the data's identity, and which training images carry labels."""
+    counts = class_counts(dataset.y_train[indices], dataset.num_classes)
+    mlflow.log_params(
+        {
+            **config.as_params(),
+            "dataset_sha256": dataset.checksum,
+            "dataset_source": dataset.source,
+            "train_size": len(dataset.x_train),
+            "test_size": len(dataset.x_test),
+            "unlabeled_pool_size": len(dataset.x_train),
+            "labels_per_class": ",".join(map(str, counts)),
+            "git_commit": git_commit(),
+            **versions(),
+        }
+    )
+    mlflow.set_tags({"method": config.method, "variant": config.variant, "dataset": config.dataset})
+    mlflow.log_dict(
+        {"indices": indices.tolist(), "labels_per_class": counts, "labels": config.labels, "seed": config.seed},
+        "labeled_subset.json",
+    )
+
+
+def log_epoch(epoch: int, metrics: dict[str, float], grid: np.ndarray | None) -> None:
+    """Asynchronous, so that a slow store does not stall training; flushed at the end of the run."""
+    mlflow.log_metrics(metrics, step=epoch, synchronous=False)
+    if grid is not None:
+        mlflow.log_image(grid, key=IMAGE_KEY, step=epoch, synchronous=False)
+
+
+def generated_grid(generate, latent: np.ndarray, rows: int) -> np.ndarray:
+    return image_grid(generate(latent), rows)
+
+
+def _requirements() -> list[str]:
+    # Explicit, so MLflow does not infer them by re-loading the model in a subprocess.
+    return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+
+
+def log_models(classifier: keras.Model, generator: keras.Model | None, images: np.ndarray, latent: np.ndarray) -> None:
+    """The classifier (images in [-1, 1], shape (N, 28, 28, 1) -> class probabilities) and the
+    generator (latent (N, latent_dim) -> images in [-1, 1]), with signatures and input examples.
+
+    Logged through `mlflow.tensorflow`, which saves Keras 3 models in the native `.keras` format:
+    `mlflow.keras.log_model` crashes when given an input example (MLflow issue #16183).
+    """
+    models = [("classifier", classifier, images[:2].astype(np.float32))]
+    if generator is not None:
+        models.append(("generator", generator, latent[:2].astype(np.float32)))
+    keras.config.disable_interactive_logging()  # MLflow's example checks would print progress bars
+    try:
+        for name, model, example in models:
+            mlflow.tensorflow.log_model(
+                model,
+                name=name,
+                signature=infer_signature(example, model.predict(example, verbose=0)),
+                input_example=example,
+                pip_requirements=_requirements(),
+            )
+    finally:
+        keras.config.enable_interactive_logging()
