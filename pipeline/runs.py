@@ -7,14 +7,14 @@ leaves a run behind; once the run exists, any failure marks it FAILED with the e
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
 
 from pipeline.config import RunConfig
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.models import build_models
+from pipeline.models import SGANModels, build_models
 from pipeline.tracking import (
     check_tracking_uri,
     generated_grid,
@@ -33,6 +33,7 @@ class RunResult:
     final_test_accuracy: float
     seconds: float
     steps_per_second: float
+    models: SGANModels | None = field(default=None, repr=False, compare=False)  # the trained networks
 
 
 def train_run(
@@ -73,6 +74,7 @@ def train_run(
                 final_test_accuracy=history.last("test_accuracy"),
                 seconds=time.perf_counter() - started,
                 steps_per_second=history.steps / history.seconds,
+                models=models,
             )
             mlflow.log_metrics(
                 {

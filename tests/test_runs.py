@@ -1,0 +1,168 @@
+"""Whole tracked runs against real SQLite MLflow stores, on digits and a small MNIST slice."""
+
+import socket
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.config import resolve_config
+from pipeline.data import labeled_subset, load_dataset
+from pipeline.runs import train_run
+
+from .conftest import cli
+
+SGAN_LOSSES = ["loss_supervised", "loss_unsupervised_real", "loss_unsupervised_fake", "loss_generator"]
+
+
+def _history(run_id, key):
+    return [(m.step, m.value) for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+
+
+def _models(run_id):
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list")
+    return {m.name: m for m in found if m.source_run_id == run_id}
+
+
+@pytest.fixture(scope="module")
+def sgan_run(tmp_path_factory):
+    """One smoke SGAN run on digits, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        config = resolve_config("sgan", "digits", labels=25, seed=1, profile="smoke", epochs=3)
+        result = train_run(config, verbose=False)
+        yield config, result
+
+
+def test_sgan_run_logs_params_tags_and_per_epoch_metrics(sgan_run):
+    config, result = sgan_run
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "sgan" and run.info.run_name == "sgan-stacked-digits-L25-s1"
+    params = run.data.params
+    assert params["labels"] == "25" and params["seed"] == "1" and params["variant"] == "stacked"
+    assert params["epochs"] == "3" and params["steps_per_epoch"] == "5" and params["profile"] == "smoke"
+    assert params["dataset_sha256"] == load_dataset("digits").checksum
+    assert {"tensorflow_version", "keras_version", "mlflow_version", "git_commit"} <= set(params)
+    assert sorted(map(int, params["labels_per_class"].split(","))) == [2] * 5 + [3] * 5
+    for key in ["test_accuracy", "labeled_accuracy", *SGAN_LOSSES]:
+        history = _history(result.run_id, key)
+        assert [step for step, _ in history] == [1, 2, 3], key
+        assert all(np.isfinite(value) for _, value in history)
+    assert run.data.metrics["final_test_accuracy"] == _history(result.run_id, "test_accuracy")[-1][1]
+    assert run.data.metrics["final_test_accuracy"] == result.final_test_accuracy
+    assert run.data.metrics["steps_per_second"] > 0 and run.data.metrics["wall_seconds"] > 0
+
+
+def test_sgan_run_logs_the_subset_and_one_image_grid_per_epoch(sgan_run, tmp_path):
+    config, result = sgan_run
+    subset = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/labeled_subset.json")
+    expected = labeled_subset(load_dataset("digits").y_train, 25, 1)
+    assert subset["indices"] == expected.tolist()
+    images = mlflow.artifacts.list_artifacts(run_id=result.run_id, artifact_path="images")
+    pngs = [f.path for f in images if f.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in pngs) == [1, 2, 3]
+    assert all(p.split("/")[-1].startswith("generated_images+") for p in pngs)
+
+
+def test_logged_classifier_reloads_with_the_same_predictions(sgan_run):
+    _, result = sgan_run
+    models = _models(result.run_id)
+    assert set(models) == {"classifier", "generator"}
+    x = load_dataset("digits").x_test[:16]
+    reloaded = mlflow.pyfunc.load_model(models["classifier"].model_uri)
+    expected = result.models.classifier.predict(x, verbose=0)
+    np.testing.assert_allclose(np.asarray(reloaded.predict(x)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(expected.sum(axis=1), 1.0, rtol=1e-5)
+    signature = reloaded.metadata.signature.to_dict()
+    assert "[-1, 28, 28, 1]" in signature["inputs"] and "[-1, 10]" in signature["outputs"]
+    generator = mlflow.pyfunc.load_model(models["generator"].model_uri)
+    images = np.asarray(generator.predict(np.zeros((2, 100), np.float32)))
+    assert images.shape == (2, 28, 28, 1) and np.abs(images).max() <= 1.0
+
+
+def test_cnn_run_on_an_mnist_slice_pairs_with_the_sgan_subset(store, mnist_slice_dir, monkeypatch):
+    monkeypatch.setenv("SGAN_DATA_DIR", str(mnist_slice_dir))
+    results = {
+        method: train_run(resolve_config(method, "mnist", labels=50, seed=4, profile="smoke", epochs=1), verbose=False)
+        for method in ("cnn", "sgan")
+    }
+    subsets = {m: mlflow.artifacts.load_dict(f"runs:/{r.run_id}/labeled_subset.json") for m, r in results.items()}
+    assert subsets["cnn"]["indices"] == subsets["sgan"]["indices"]
+    assert subsets["cnn"]["labels_per_class"] == [5] * 10
+    cnn = mlflow.get_run(results["cnn"].run_id)
+    assert cnn.data.tags["method"] == "cnn" and cnn.data.params["test_size"] == "1000"
+    assert "loss_generator" not in cnn.data.metrics and "loss_supervised" in cnn.data.metrics
+    assert set(_models(results["cnn"].run_id)) == {"classifier"}
+    assert mlflow.get_experiment(cnn.info.experiment_id).name == "mnist-smoke"
+
+
+def test_a_failure_after_the_run_started_marks_it_failed_and_keeps_what_was_logged(store, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("artifacts cannot be written below a file")
+    mlflow.create_experiment("broken", artifact_location=str(blocker / "artifacts"))
+    config = resolve_config("cnn", "digits", labels=10, seed=0, profile="smoke", experiment="broken")
+    with pytest.raises(Exception, match="not-a-folder"):
+        train_run(config, verbose=False)
+    (run,) = mlflow.search_runs(experiment_names=["broken"], output_format="list")
+    assert run.info.status == "FAILED"
+    assert run.data.params["labels"] == "10"
+    assert "not-a-folder" in run.data.tags["error"]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sgan", "--dataset", "cifar"], "dataset='cifar' is not one of mnist, fashion_mnist, digits"),
+        (["sgan", "--profile", "huge"], "profile='huge' is not one of smoke, quick, paper"),
+        (["sgan", "--variant", "wide"], "variant='wide' is not one of stacked, two_head, k_plus_one"),
+        (["cnn", "--labels", "5", "--profile", "smoke"], "labels=5 is below the number of classes"),
+        (["cnn", "--epochs", "0", "--profile", "smoke"], "epochs=0 must be a positive integer"),
+        (["sgan", "--epochs", "-2", "--profile", "smoke"], "epochs=-2 must be a positive integer"),
+        (["cnn", "--dataset", "digits", "--labels", "2000", "--profile", "smoke"], "training split has only"),
+    ],
+)
+def test_bad_input_fails_before_training_and_creates_no_run(store, args, message):
+    result = cli(
+        *args, "--profile" if "--profile" not in args else "--quiet", *(["smoke"] if "--profile" not in args else [])
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Epoch 1" not in result.stdout
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_unreadable_data_file_is_reported_with_its_path(store, tmp_path):
+    (tmp_path / "mnist.npz").write_bytes(b"this is not a zip file")
+    result = cli("sgan", "--profile", "smoke", env={"SGAN_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert f"{tmp_path / 'mnist.npz'}: cannot read the file" in result.stderr
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_unreachable_tracking_uri_fails_fast(store):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    result = cli("cnn", "--dataset", "digits", "--profile", "smoke", env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 2
+    assert f"tracking URI {uri} is unreachable" in result.stderr
+
+
+def test_cli_run_prints_progress_and_a_summary(store):
+    result = cli("cnn", "--dataset", "digits", "--labels", "20", "--profile", "smoke")
+    assert result.returncode == 0, result.stderr
+    assert "Epoch 2/2" in result.stdout and "loss_supervised" in result.stdout
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("cnn-digits-L20-s0: final test accuracy ")
+    (run,) = mlflow.search_runs(experiment_names=["digits-smoke"], output_format="list")
+    assert run.info.run_id in summary and run.data.params["labels"] == "20"
