@@ -86,19 +86,19 @@ def run_destination(config: RunConfig, experiment_given: bool) -> tuple[RunConfi
 def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> None:
     """Every resolved setting, the data's identity, and which training images carry labels."""
     counts = class_counts(dataset.y_train[indices], dataset.num_classes)
-    mlflow.log_params(
-        {
-            **config.as_params(),
-            "dataset_sha256": dataset.checksum,
-            "dataset_source": dataset.source,
-            "train_size": len(dataset.x_train),
-            "test_size": len(dataset.x_test),
-            "unlabeled_pool_size": len(dataset.x_train),
-            "labels_per_class": ",".join(map(str, counts)),
-            "git_commit": git_commit(),
-            **versions(),
-        }
-    )
+    params = {
+        **config.as_params(),
+        "dataset_sha256": dataset.checksum,
+        "dataset_source": dataset.source,
+        "train_size": len(dataset.x_train),
+        "test_size": len(dataset.x_test),
+        "unlabeled_pool_size": len(dataset.x_train),
+        "labels_per_class": ",".join(map(str, counts)),
+        "git_commit": git_commit(),
+        **versions(),
+    }
+    already = mlflow.get_run(mlflow.active_run().info.run_id).data.params  # logged by `mlflow run`
+    mlflow.log_params({key: value for key, value in params.items() if key not in already})
     mlflow.set_tags({"method": config.method, "variant": config.variant, "dataset": config.dataset})
     mlflow.log_dict(
         {"indices": indices.tolist(), "labels_per_class": counts, "labels": config.labels, "seed": config.seed},

@@ -46,7 +46,7 @@ def test_sgan_run_logs_params_tags_and_per_epoch_metrics(sgan_run):
     assert run.data.tags["method"] == "sgan" and run.info.run_name == "sgan-stacked-digits-L25-s1"
     params = run.data.params
     assert params["labels"] == "25" and params["seed"] == "1" and params["variant"] == "stacked"
-    assert params["epochs"] == "3" and params["steps_per_epoch"] == "5" and params["profile"] == "smoke"
+    assert params["num_epochs"] == "3" and params["steps_per_epoch"] == "5" and params["profile"] == "smoke"
     assert params["dataset_sha256"] == load_dataset("digits").checksum
     assert {"tensorflow_version", "keras_version", "mlflow_version", "git_commit"} <= set(params)
     assert sorted(map(int, params["labels_per_class"].split(","))) == [2] * 5 + [3] * 5

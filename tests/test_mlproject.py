@@ -1,0 +1,52 @@
+"""`mlflow run . -e <entry> --env-manager local`, exactly as the README tells users."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+
+from .conftest import ROOT
+
+
+def mlflow_run(*args: str):
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_sgan_entry_point_runs_with_mlflow_run(store):
+    result = mlflow_run(
+        "-e",
+        "sgan",
+        "-P",
+        "dataset=digits",
+        "-P",
+        "profile=smoke",
+        "-P",
+        "labels=20",
+        "-P",
+        "seed=1",
+        "-P",
+        "variant=two_head",
+        "--experiment-name",
+        "via-mlflow-run",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = mlflow.search_runs(experiment_names=["via-mlflow-run"], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "sgan" and run.data.params["variant"] == "two_head"
+    assert run.data.params["num_epochs"] == "2" and run.data.params["labels"] == "20"
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")) == 2
+
+
+def test_an_experiment_parameter_that_mlflow_run_cannot_honour_is_refused(store):
+    result = mlflow_run("-e", "cnn", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "experiment=elsewhere")
+    assert result.returncode != 0
+    assert "pass `--experiment-name elsewhere` to `mlflow run`" in result.stderr
+    assert mlflow.get_experiment_by_name("elsewhere") is None
