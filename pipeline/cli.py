@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from pipeline.config import DATASETS, PROFILES, VARIANTS, ConfigError, resolve_config
+from pipeline.config import DATASETS, METHODS, PROFILES, VARIANTS, ConfigError, default_experiment, resolve_config
 from pipeline.data import DataError
 
 
@@ -40,6 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0, help="fixes the labeled subset and the initialisation")
         sub.add_argument("--parent-run-id", default=None, help=argparse.SUPPRESS)
         add_run_arguments(sub)
+    for name, help_text in (
+        ("sweep", "train every (method, labels, seed) of a grid, each as a nested child run"),
+        ("main", "sweep, then report"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--methods", default="sgan,cnn", help=f"comma-separated, of {', '.join(METHODS)}")
+        sub.add_argument("--labels", default="25,50,100,1000", help="comma-separated label counts")
+        sub.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+        sub.add_argument("--max-parallel", type=int, default=1, help="trials at once (default 1)")
+        sub.add_argument("--force", action="store_true", help="re-run trials that already finished")
+        add_run_arguments(sub)
+        if name == "main":
+            sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
+    sub = commands.add_parser("report", help="aggregate finished runs into tables and plots")
+    sub.add_argument("--experiment", default=default_experiment("mnist", "quick"), help="default mnist-quick")
+    sub.add_argument("--sweep-run-id", default="", help="only this sweep's runs (its children and reused runs)")
+    sub.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
+    sub.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or MLflow's default")
     return parser
 
 
@@ -61,10 +80,78 @@ def run_single(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
+    """Returns (exit code, experiment, parent run id)."""
+    from pipeline.sweep import parse_list, plan_trials, run_sweep
+
+    experiment = args.experiment or default_experiment(args.dataset, args.profile)
+    trials = plan_trials(
+        parse_list("methods", args.methods),
+        parse_list("labels", args.labels, int),
+        parse_list("seeds", args.seeds, int),
+        args.dataset,
+        args.profile,
+        args.variant,
+        args.epochs,
+        experiment,
+        args.steps_per_epoch,
+    )
+    params = {
+        "methods": args.methods,
+        "labels": args.labels,
+        "seeds": args.seeds,
+        "dataset": args.dataset,
+        "profile": args.profile,
+        "variant": args.variant,
+        "num_epochs": trials[0].config.epochs,
+        "steps_per_epoch": trials[0].config.steps_per_epoch,
+    }
+    result = run_sweep(trials, experiment, bool(args.experiment), args.max_parallel, args.force, not args.quiet, params)
+    return (1 if result.failed else 0), result.experiment, result.parent_run_id
+
+
+def run_report_command(experiment: str, out: str | None, sweep_run_id: str = "", log_to_run: str | None = None) -> int:
+    from pipeline.report import make_report
+    from pipeline.tracking import check_tracking_uri
+
+    check_tracking_uri()
+    folder = Path(out or Path("reports") / experiment)
+    report = make_report(experiment, folder, sweep_run_id or None, log_to_run)
+    print(f"Report of {len(report.runs)} runs written to {folder / 'report.md'} (and report.html)")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("sgan", "cnn"):
+        return run_single(args)
+    if args.command == "report":
+        if args.tracking_uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(args.tracking_uri)
+        return run_report_command(args.experiment, args.out, args.sweep_run_id)
+    code, experiment, parent = run_sweep_command(args)
+    if args.command == "main":
+        run_report_command(experiment, args.out, parent, log_to_run=parent)
+        print(f"Browse the runs: mlflow ui --backend-store-uri {_tracking_uri()}  (then open http://127.0.0.1:5000)")
+    return code
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_single(args)
+        return dispatch(args)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)
+        return 130

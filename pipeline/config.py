@@ -7,6 +7,8 @@ model is built.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 
 DATASETS = ("mnist", "fashion_mnist", "digits")
@@ -138,3 +140,9 @@ def resolve_config(
 
 def default_experiment(dataset: str, profile: str) -> str:
     return f"{dataset}-{profile}"
+
+
+def fingerprint(config: RunConfig, data_checksum: str) -> str:
+    """Identity of a run's resolved configuration and data: equal fingerprints, interchangeable runs."""
+    payload = json.dumps({**config.as_params(), "dataset_sha256": data_checksum}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -6,8 +6,9 @@ leaves a run behind; once the run exists, any failure marks it FAILED with the e
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlflow
 import numpy as np
@@ -45,7 +46,8 @@ def train_run(
     check_tracking_uri()
     dataset = load_dataset(config.dataset)
     indices = labeled_subset(dataset.y_train, config.labels, config.seed, dataset.num_classes)
-    config, experiment_id = run_destination(config, experiment_given)
+    experiment, experiment_id = run_destination(config.experiment, experiment_given)
+    config = replace(config, experiment=experiment)
     x_labeled, y_labeled = dataset.x_train[indices], dataset.y_train[indices]
     # Fixed latent points, so the per-epoch grids show one generator evolving.
     latent = np.random.default_rng(config.seed).standard_normal((config.grid_size**2, config.latent_dim))
@@ -59,6 +61,8 @@ def train_run(
     ) as run:
         try:
             log_run_inputs(config, dataset, indices)
+            if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
+                raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
             started = time.perf_counter()
             models = build_models(config.method, config.variant, dataset.num_classes, config.latent_dim, config.seed)
             trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train)

@@ -3,7 +3,6 @@ and the logged models."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -14,11 +13,12 @@ import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import ConfigError, RunConfig, fingerprint
 from pipeline.data import Dataset, class_counts
 from pipeline.images import image_grid
 
 IMAGE_KEY = "generated_images"
+FINGERPRINT_TAG = "config_fingerprint"  # what a sweep matches to reuse a finished run
 
 
 def check_tracking_uri(uri: str | None = None) -> str:
@@ -61,8 +61,8 @@ def versions() -> dict[str, str]:
     }
 
 
-def run_destination(config: RunConfig, experiment_given: bool) -> tuple[RunConfig, str | None]:
-    """Where the run goes: (config with the real experiment name, experiment id to create the run in).
+def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str | None]:
+    """Where a run goes: (the experiment's real name, the id to create the run in).
 
     The id is None when `mlflow run` already created the run (MLFLOW_RUN_ID), in the experiment named
     by its own `--experiment-name`; an explicit, different `experiment` cannot be honoured there and
@@ -71,16 +71,21 @@ def run_destination(config: RunConfig, experiment_given: bool) -> tuple[RunConfi
     launched_run = os.environ.get("MLFLOW_RUN_ID")
     if launched_run:
         existing = mlflow.get_experiment(mlflow.get_run(launched_run).info.experiment_id).name
-        if experiment_given and config.experiment != existing:
+        if experiment_given and experiment != existing:
             raise ConfigError(
-                f"experiment={config.experiment!r} differs from {existing!r}, where `mlflow run` already "
-                f"created this run: pass `--experiment-name {config.experiment}` to `mlflow run` instead"
+                f"experiment={experiment!r} differs from {existing!r}, where `mlflow run` already "
+                f"created this run: pass `--experiment-name {experiment}` to `mlflow run` instead"
             )
-        return dataclasses.replace(config, experiment=existing), None
-    experiment = mlflow.get_experiment_by_name(config.experiment)
-    if experiment is None:
-        return config, mlflow.create_experiment(config.experiment)
-    return config, experiment.experiment_id
+        return existing, None
+    found = mlflow.get_experiment_by_name(experiment)
+    return experiment, found.experiment_id if found else mlflow.create_experiment(experiment)
+
+
+def log_new_params(params: dict[str, object]) -> None:
+    """Log params, skipping those `mlflow run` already logged from its entry-point parameters
+    (params are immutable, and its raw values, such as `epochs=''`, would clash)."""
+    already = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in already})
 
 
 def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> None:
@@ -97,9 +102,15 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> 
         "git_commit": git_commit(),
         **versions(),
     }
-    already = mlflow.get_run(mlflow.active_run().info.run_id).data.params  # logged by `mlflow run`
-    mlflow.log_params({key: value for key, value in params.items() if key not in already})
-    mlflow.set_tags({"method": config.method, "variant": config.variant, "dataset": config.dataset})
+    log_new_params(params)
+    mlflow.set_tags(
+        {
+            "method": config.method,
+            "variant": config.variant,
+            "dataset": config.dataset,
+            FINGERPRINT_TAG: fingerprint(config, dataset.checksum),
+        }
+    )
     mlflow.log_dict(
         {"indices": indices.tolist(), "labels_per_class": counts, "labels": config.labels, "seed": config.seed},
         "labeled_subset.json",

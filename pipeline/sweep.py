@@ -1,0 +1,283 @@
+"""The grid of methods x label counts x seeds under one parent run.
+
+Each trial runs `python -m pipeline <method>` in its own process (memory isolation: a crash or leak
+in one trial cannot take the sweep down) and becomes a child run nested under the parent, identical
+to what the `sgan`/`cnn` entry points produce. A trial whose finished run with the same resolved
+configuration (the `config_fingerprint` tag) already exists in the experiment is reused, so a stopped
+sweep started again reruns only what did not finish.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config
+from pipeline.data import labeled_subset, load_dataset
+from pipeline.tracking import FINGERPRINT_TAG, check_tracking_uri, log_new_params, run_destination
+
+TRIALS_FILE = "trials.json"  # in the parent run: every trial's run id, reused ones included
+
+
+@dataclass(frozen=True)
+class Trial:
+    config: RunConfig
+    fingerprint: str
+
+
+@dataclass
+class Outcome:
+    name: str
+    method: str
+    labels: int
+    seed: int
+    status: str  # FINISHED or FAILED
+    run_id: str | None
+    final_test_accuracy: float | None
+    reused: bool
+    seconds: float
+    error: str | None = None
+
+
+def parse_list(name: str, text: str, cast=str) -> list:
+    """'25,50, 100' -> [25, 50, 100], with an error that names the parameter."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"{name} must list at least one value, got {text!r}")
+    try:
+        values = [cast(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} must be a comma-separated list of {cast.__name__} values") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name}={text!r} lists a value twice")
+    return values
+
+
+def plan_trials(
+    methods: list[str],
+    labels: list[int],
+    seeds: list[int],
+    dataset: str,
+    profile: str,
+    variant: str,
+    epochs: int | None,
+    experiment: str,
+    steps_per_epoch: int | None = None,
+) -> list[Trial]:
+    """Validate the whole grid, data included, before anything trains. Trials are ordered so that
+    the methods of one (labels, seed) pair run back to back: partial sweeps stay paired."""
+    configs = [
+        resolve_config(method, dataset, count, seed, profile, variant, epochs, steps_per_epoch, experiment)
+        for count in labels
+        for seed in seeds
+        for method in methods
+    ]
+    data = load_dataset(dataset)
+    for count in labels:
+        labeled_subset(data.y_train, count, 0, data.num_classes)  # rejects counts a class cannot supply
+    return [Trial(config, fingerprint(config, data.checksum)) for config in configs]
+
+
+def finished_run(experiment_id: str, trial: Trial) -> mlflow.entities.Run | None:
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return found[0] if found else None
+
+
+def trial_command(config: RunConfig, parent_run_id: str) -> list[str]:
+    command = [sys.executable, "-m", "pipeline", config.method, "--dataset", config.dataset]
+    command += ["--labels", str(config.labels), "--seed", str(config.seed), "--profile", config.profile]
+    command += ["--epochs", str(config.epochs), "--steps-per-epoch", str(config.steps_per_epoch)]
+    command += ["--experiment", config.experiment, "--parent-run-id", parent_run_id]
+    return command + (["--variant", config.variant] if config.method == "sgan" else [])
+
+
+def _outcome(trial: Trial, status: str, run_id: str | None, reused: bool, seconds: float = 0.0) -> Outcome:
+    config = trial.config
+    return Outcome(config.run_name, config.method, config.labels, config.seed, status, run_id, None, reused, seconds)
+
+
+def _last_error(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:2000] if lines else "the trial process printed nothing"
+
+
+def run_trial(trial: Trial, experiment_id: str, parent_run_id: str, log_dir: Path) -> Outcome:
+    """Run one trial in a fresh process; make sure whatever happened is recorded in MLflow."""
+    config = trial.config
+    log = log_dir / f"{config.run_name}.log"
+    started = time.perf_counter()
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_RUN_ID"}  # not the parent's run
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    with open(log, "w") as handle:
+        code = subprocess.run(trial_command(config, parent_run_id), stdout=handle, stderr=subprocess.STDOUT, env=env)
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    run = runs[0] if runs else None
+    outcome = _outcome(trial, "FAILED", None, reused=False, seconds=time.perf_counter() - started)
+    if code.returncode == 0 and run is not None and run.info.status == "FINISHED":
+        outcome.status, outcome.run_id = "FINISHED", run.info.run_id
+        outcome.final_test_accuracy = run.data.metrics.get("final_test_accuracy")
+        return outcome
+    outcome.error = (run.data.tags.get("error") if run else None) or _last_error(log)
+    client = mlflow.MlflowClient()
+    if run is None:  # died before its run existed: record the failure anyway
+        run = client.create_run(
+            experiment_id,
+            run_name=config.run_name,
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "method": config.method,
+                FINGERPRINT_TAG: trial.fingerprint,
+            },
+        )
+    if run.info.status in ("RUNNING", "SCHEDULED"):  # killed hard: nobody closed it
+        client.set_tag(run.info.run_id, "error", outcome.error)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    outcome.run_id = run.info.run_id
+    return outcome
+
+
+class Progress:
+    """`[i/N] name: accuracy (duration) | elapsed, ETA` lines, safe to call from worker threads."""
+
+    def __init__(self, total: int, parallel: int, verbose: bool):
+        self.total, self.parallel, self.verbose = total, parallel, verbose
+        self.done, self.started = 0, time.perf_counter()
+        self.durations: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def eta(self, remaining: list[Trial]) -> str:
+        every = [d for ds in self.durations.values() for d in ds]
+        if not every:
+            return "ETA unknown"
+        guess = sum(_mean(self.durations.get(t.config.method) or every) for t in remaining)
+        return f"ETA {_clock(guess / self.parallel)}"
+
+    def report(self, outcome: Outcome, remaining: list[Trial]) -> None:
+        with self.lock:
+            self.done += 1
+            if not outcome.reused:
+                self.durations.setdefault(outcome.method, []).append(outcome.seconds)
+            if not self.verbose:
+                return
+            if outcome.status == "FINISHED":
+                accuracy = f"{outcome.final_test_accuracy:.4f}" if outcome.final_test_accuracy is not None else "n/a"
+                what = f"{'reused' if outcome.reused else 'finished'}, test accuracy {accuracy}"
+            else:
+                what = f"FAILED: {outcome.error}"
+            took = "" if outcome.reused else f" in {_clock(outcome.seconds)}"
+            elapsed = _clock(time.perf_counter() - self.started)
+            print(f"[{self.done}/{self.total}] {outcome.name}: {what}{took} | elapsed {elapsed}, {self.eta(remaining)}")
+            sys.stdout.flush()
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    experiment: str
+    outcomes: list[Outcome]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status != "FINISHED"]
+
+
+def run_sweep(
+    trials: list[Trial],
+    experiment: str,
+    experiment_given: bool,
+    max_parallel: int = 1,
+    force: bool = False,
+    verbose: bool = True,
+    sweep_params: dict[str, object] | None = None,
+) -> SweepResult:
+    if max_parallel < 1:
+        raise ConfigError(f"max_parallel={max_parallel} must be a positive integer")
+    check_tracking_uri()
+    experiment, experiment_id = run_destination(experiment, experiment_given)
+    run_name = f"sweep-{trials[0].config.dataset}-{trials[0].config.profile}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={"sweep": "true"}) as parent:
+        experiment_id = parent.info.experiment_id
+        trials = [Trial(replace(t.config, experiment=experiment), t.fingerprint) for t in trials]
+        log_new_params({**(sweep_params or {}), "n_trials": len(trials), "max_parallel": max_parallel})
+        progress = Progress(len(trials), max_parallel, verbose)
+        outcomes: list[Outcome] = []
+        pending: list[Trial] = []
+        if verbose:
+            print(f"Sweep of {len(trials)} trials in experiment '{experiment}', parent run {parent.info.run_id}")
+        for trial in trials:
+            existing = None if force else finished_run(experiment_id, trial)
+            if existing is None:
+                pending.append(trial)
+                continue
+            outcome = _outcome(trial, "FINISHED", existing.info.run_id, reused=True)
+            outcome.final_test_accuracy = existing.data.metrics.get("final_test_accuracy")
+            outcomes.append(outcome)
+            progress.report(outcome, pending)
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                _run_pending(pending, experiment_id, parent.info.run_id, Path(folder), max_parallel, progress, outcomes)
+            finally:
+                mlflow.log_artifacts(folder, "trial_logs")
+                mlflow.log_dict({"trials": [asdict(o) for o in outcomes]}, TRIALS_FILE)
+        result = SweepResult(parent.info.run_id, experiment, outcomes)
+        mlflow.log_metrics({"trials_finished": len(outcomes) - len(result.failed), "trials_failed": len(result.failed)})
+        if result.failed:
+            mlflow.set_tag("error", f"{len(result.failed)} of {len(trials)} trials failed")
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+    if verbose:
+        print(sweep_summary(result))
+    return result
+
+
+def _run_pending(pending, experiment_id, parent_run_id, log_dir, max_parallel, progress, outcomes) -> None:
+    with ThreadPoolExecutor(max_workers=max_parallel) as pool:
+        futures = {pool.submit(run_trial, t, experiment_id, parent_run_id, log_dir): t for t in pending}
+        waiting = list(pending)
+        for future in as_completed(futures):
+            waiting.remove(futures[future])
+            outcome = future.result()
+            outcomes.append(outcome)
+            progress.report(outcome, waiting)
+
+
+def sweep_summary(result: SweepResult) -> str:
+    finished = len(result.outcomes) - len(result.failed)
+    reused = sum(o.reused for o in result.outcomes)
+    lines = [
+        f"Sweep {result.parent_run_id}: {finished}/{len(result.outcomes)} trials finished ({reused} reused), "
+        f"{len(result.failed)} failed."
+    ]
+    lines += [f"  FAILED {o.name} (run {o.run_id}): {o.error}" for o in result.failed]
+    return "\n".join(lines)
