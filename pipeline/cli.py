@@ -20,6 +20,14 @@ def optional_int(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def flag(text: str) -> bool:
+    """`--force` alone, or `--force true|false` as MLproject passes it."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value in ("true", "1", "yes")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASETS)} (default mnist)")
     parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default quick)")
@@ -50,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--labels", default="25,50,100,1000", help="comma-separated label counts")
         sub.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
         sub.add_argument("--max-parallel", type=int, default=1, help="trials at once (default 1)")
-        sub.add_argument("--force", action="store_true", help="re-run trials that already finished")
+        sub.add_argument(
+            "--force", nargs="?", type=flag, const=True, default=False, help="re-run trials that already finished"
+        )
         add_run_arguments(sub)
         if name == "main":
             sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from pipeline.config import ConfigError  # noqa: E402
 from pipeline.sweep import TRIALS_FILE  # noqa: E402
 
 METRIC = "final_test_accuracy"
@@ -52,7 +53,7 @@ CITATIONS = [
 ]
 
 
-class ReportError(RuntimeError):
+class ReportError(ConfigError):
     """The report cannot be made from what was asked for (for example: no such experiment)."""
 
 

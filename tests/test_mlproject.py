@@ -50,3 +50,27 @@ def test_an_experiment_parameter_that_mlflow_run_cannot_honour_is_refused(store)
     assert result.returncode != 0
     assert "pass `--experiment-name elsewhere` to `mlflow run`" in result.stderr
     assert mlflow.get_experiment_by_name("elsewhere") is None
+
+
+def test_main_entry_point_sweeps_then_reports_into_the_sweep_run(store, tmp_path):
+    result = mlflow_run(
+        "-e",
+        "main",
+        "-P",
+        "dataset=digits",
+        "-P",
+        "profile=smoke",
+        "-P",
+        "labels=10",
+        "-P",
+        "seeds=0",
+        "--experiment-name",
+        "main-demo",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["main-demo"])
+    parent = runs[runs["tags.sweep"] == "true"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.run_id]
+    assert sorted(children["tags.method"]) == ["cnn", "sgan"] and set(children.status) == {"FINISHED"}
+    logged = {f.path for f in mlflow.artifacts.list_artifacts(run_id=parent.run_id, artifact_path="report")}
+    assert {"report/report.md", "report/summary.csv", "report/accuracy_vs_labels.png"} <= logged

@@ -1,0 +1,96 @@
+"""Real smoke sweeps on digits: nested child processes, resume, failures, bad input."""
+
+import mlflow
+import pandas as pd
+import pytest
+
+from .conftest import cli
+
+SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke"]
+
+
+def _trial_runs(experiment="digits-smoke") -> pd.DataFrame:
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    return runs[runs["tags.method"].notna()] if not runs.empty else runs
+
+
+def _parents(experiment="digits-smoke") -> pd.DataFrame:
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.sweep = 'true'")
+    return runs.sort_values("start_time")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One 2 labels x 2 seeds x 2 methods smoke sweep, then the same command again."""
+    folder = tmp_path_factory.mktemp("sweep-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        first = cli(*SWEEP, "--labels", "10,20", "--seeds", "0,1", cwd=folder)
+        second = cli(*SWEEP, "--labels", "10,20", "--seeds", "0,1", cwd=folder)
+        yield folder, first, second
+
+
+def test_sweep_makes_one_nested_child_run_per_trial(swept):
+    _, first, _ = swept
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = _trial_runs()
+    first_parent = _parents().run_id.iloc[0]
+    assert len(runs) == 8 and set(runs.status) == {"FINISHED"}
+    assert set(runs["tags.mlflow.parentRunId"]) == {first_parent}
+    grid = set(zip(runs["tags.method"], runs["params.labels"], runs["params.seed"], strict=True))
+    assert grid == {(m, labels, s) for m in ("sgan", "cnn") for labels in ("10", "20") for s in ("0", "1")}
+    assert "[8/8]" in first.stdout and "ETA" in first.stdout and "elapsed" in first.stdout
+    assert "8/8 trials finished (0 reused), 0 failed" in first.stdout
+
+
+def test_running_the_same_sweep_again_reuses_every_finished_trial(swept):
+    folder, _, second = swept
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len(_trial_runs()) == 8  # no new trial runs
+    assert second.stdout.count("reused, test accuracy") == 8
+    assert "8/8 trials finished (8 reused), 0 failed" in second.stdout
+    # the second sweep's report covers the reused runs
+    parent = _parents().run_id.iloc[-1]
+    report = cli("report", "--experiment", "digits-smoke", "--sweep-run-id", parent, "--out", str(folder / "r"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    summary = pd.read_csv(folder / "r" / "summary.csv")
+    assert summary.n.sum() == 8
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(store, tmp_path):
+    args = ["sweep", "--dataset", "digits", "--profile", "smoke", "--methods", "cnn", "--labels", "10"]
+    args += ["--seeds", "0,1", "--max-parallel", "2", "--experiment", "flaky"]
+    failed = cli(*args, env={"SGAN_FAIL_RUNS": "cnn-digits-L10-s1"}, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "1 failed" in failed.stdout and "FAILED cnn-digits-L10-s1" in failed.stdout
+    runs = _trial_runs("flaky").set_index("tags.mlflow.runName")
+    assert runs.loc["cnn-digits-L10-s0", "status"] == "FINISHED"
+    assert runs.loc["cnn-digits-L10-s1", "status"] == "FAILED"
+    assert "failure injected" in runs.loc["cnn-digits-L10-s1", "tags.error"]
+    assert _parents("flaky").status.iloc[0] == "FAILED"
+    # started again, only the failed trial runs
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2/2 trials finished (1 reused)" in again.stdout
+    assert len(_trial_runs("flaky")) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--labels", "5,10"], "labels=5 is below the number of classes"),
+        (["--labels", "ten"], "labels='ten' must be a comma-separated list of int values"),
+        (["--seeds", "1,1"], "seeds='1,1' lists a value twice"),
+        (["--methods", "sgan,gan"], "method='gan' is not one of sgan, cnn"),
+        (["--max-parallel", "0"], "max_parallel=0 must be a positive integer"),
+        (["--labels", "2000"], "training split has only"),
+    ],
+)
+def test_bad_sweep_input_fails_before_any_run(store, args, message):
+    result = cli(*SWEEP, *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert mlflow.search_runs(search_all_experiments=True).empty
