@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--sweep-run-id", default="", help="only this sweep's runs (its children and reused runs)")
     sub.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
     sub.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or MLflow's default")
+    sub = commands.add_parser("bench", help="time SGAN training steps: ours vs the classic Keras reference")
+    sub.add_argument("--dataset", default="mnist", help="data the steps draw from (default mnist)")
+    sub.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    sub.add_argument("--steps", type=int, default=10, help="steps per round and method (default 10)")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -136,6 +141,12 @@ def run_report_command(experiment: str, out: str | None, sweep_run_id: str = "",
 def dispatch(args: argparse.Namespace) -> int:
     if args.command in ("sgan", "cnn"):
         return run_single(args)
+    if args.command == "bench":
+        from pipeline.bench import format_result, run_bench
+
+        _positive_ints(rounds=args.rounds, steps=args.steps)
+        print(format_result(run_bench(args.dataset, args.rounds, args.steps), args.json))
+        return 0
     if args.command == "report":
         if args.tracking_uri:
             import mlflow
@@ -147,6 +158,12 @@ def dispatch(args: argparse.Namespace) -> int:
         run_report_command(experiment, args.out, parent, log_to_run=parent)
         print(f"Browse the runs: mlflow ui --backend-store-uri {_tracking_uri()}  (then open http://127.0.0.1:5000)")
     return code
+
+
+def _positive_ints(**values: int) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{name}={value} must be a positive integer")
 
 
 def _tracking_uri() -> str:
