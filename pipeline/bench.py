@@ -148,6 +148,7 @@ class BenchResult:
     peak_gflops: float
     peak_source: str
     ours_fraction_of_peak: float
+    ours_precision: str
     rounds: int
     steps_per_round: int
     dataset: str
@@ -158,12 +159,15 @@ class BenchResult:
     inter_op_threads: int
 
 
-def run_bench(dataset: str = "mnist", rounds: int = 5, steps: int = 10, warmup: int = 3) -> BenchResult:
+def run_bench(
+    dataset: str = "mnist", rounds: int = 5, steps: int = 10, precision: str = "float32", warmup: int = 3
+) -> BenchResult:
     data = load_dataset(dataset)
     idx = labeled_subset(data.y_train, 100, 0, data.num_classes)
     x_lab, y_lab = data.x_train[idx], data.y_train[idx]
-    config = resolve_config("sgan", dataset, 100, 0, "smoke")
-    ours = make_trainer(config, build_models("sgan", "stacked", NUM_CLASSES, 100, 0), x_lab, y_lab, data.x_train)
+    config = resolve_config("sgan", dataset, 100, 0, "smoke", precision=precision)
+    models = build_models("sgan", "stacked", NUM_CLASSES, 100, 0, precision)
+    ours = make_trainer(config, models, x_lab, y_lab, data.x_train)
     reference = ReferenceSGAN(x_lab, y_lab, data.x_train)
     check_reference_updates(reference)
     ours.train_steps(warmup)
@@ -194,6 +198,7 @@ def run_bench(dataset: str = "mnist", rounds: int = 5, steps: int = 10, warmup: 
         peak_gflops=peak / 1e9,
         peak_source="best of 10 fp32 2048x2048 matrix products through TensorFlow on this machine",
         ours_fraction_of_peak=flop / ours_s / peak,
+        ours_precision=precision,
         rounds=rounds,
         steps_per_round=steps,
         dataset=dataset,
@@ -213,11 +218,13 @@ def format_result(result: BenchResult, as_json: bool) -> str:
         [
             f"SGAN training step, batch 100 ({r.dataset}), median of {r.rounds} interleaved rounds of "
             f"{r.steps_per_round} steps",
-            f"  ours       {r.ours_ms_per_step:8.1f} ms/step  {r.ours_images_per_second:7.0f} images/s",
-            f"  reference  {r.reference_ms_per_step:8.1f} ms/step  {r.reference_images_per_second:7.0f} images/s",
+            f"  ours       {r.ours_ms_per_step:8.1f} ms/step  {r.ours_images_per_second:7.0f} images/s"
+            f"  ({r.ours_precision})",
+            f"  reference  {r.reference_ms_per_step:8.1f} ms/step  {r.reference_images_per_second:7.0f} images/s"
+            "  (float32)",
             f"  speedup    {r.speedup:8.2f}x",
             f"  work       {r.flop_per_step / 1e9:8.1f} GFLOP/step; ours {r.ours_gflops:.0f} GFLOP/s = "
-            f"{r.ours_fraction_of_peak:.0%} of {r.peak_gflops:.0f} GFLOP/s peak ({r.peak_source})",
+            f"{r.ours_fraction_of_peak:.0%} of {r.peak_gflops:.0f} GFLOP/s fp32 peak ({r.peak_source})",
             f"  machine    {r.machine}; TensorFlow {r.tensorflow_version}, Keras {r.keras_version}; "
             f"threads intra {r.intra_op_threads}, inter {r.inter_op_threads} (0 = TensorFlow's default)",
         ]

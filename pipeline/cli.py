@@ -6,7 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import DATASETS, METHODS, PROFILES, VARIANTS, ConfigError, default_experiment, resolve_config
+from pipeline.config import (
+    DATASETS,
+    METHODS,
+    PRECISIONS,
+    PROFILES,
+    VARIANTS,
+    ConfigError,
+    check_choice,
+    default_experiment,
+    resolve_config,
+)
 from pipeline.data import DataError
 
 
@@ -37,6 +47,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--experiment", default="", help="MLflow experiment (default <dataset>-<profile>)")
     parser.add_argument("--variant", default="stacked", help=f"SGAN variant: one of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--precision", default="float32", help="float32 (default) or bfloat16 (mixed precision, float32 weights)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -73,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dataset", default="mnist", help="data the steps draw from (default mnist)")
     sub.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     sub.add_argument("--steps", type=int, default=10, help="steps per round and method (default 10)")
+    sub.add_argument("--precision", default="float32", help="our trainer's precision: float32 or bfloat16")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -88,6 +102,7 @@ def run_single(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         experiment=args.experiment or None,
+        precision=args.precision,
     )
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
@@ -110,6 +125,7 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         args.epochs,
         experiment,
         args.steps_per_epoch,
+        args.precision,
     )
     params = {
         "methods": args.methods,
@@ -120,6 +136,7 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         "variant": args.variant,
         "num_epochs": trials[0].config.epochs,
         "steps_per_epoch": trials[0].config.steps_per_epoch,
+        "precision": args.precision,
     }
     result = run_sweep(trials, experiment, bool(args.experiment), args.max_parallel, args.force, not args.quiet, params)
     return (1 if result.failed else 0), result.experiment, result.parent_run_id
@@ -145,7 +162,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from pipeline.bench import format_result, run_bench
 
         _positive_ints(rounds=args.rounds, steps=args.steps)
-        print(format_result(run_bench(args.dataset, args.rounds, args.steps), args.json))
+        check_choice("precision", args.precision, PRECISIONS)
+        print(format_result(run_bench(args.dataset, args.rounds, args.steps, args.precision), args.json))
         return 0
     if args.command == "report":
         if args.tracking_uri:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 DATASETS = ("mnist", "fashion_mnist", "digits")
 VARIANTS = ("stacked", "two_head", "k_plus_one")
 METHODS = ("sgan", "cnn")
+PRECISIONS = ("float32", "bfloat16")  # bfloat16: mixed precision, float32 weights
 NUM_CLASSES = 10  # every supported dataset has ten classes
 
 
@@ -59,6 +60,7 @@ class RunConfig:
     beta_1: float = 0.5
     eval_batch_size: int = 1000
     grid_size: int = 10  # the generated-image grid is grid_size x grid_size
+    precision: str = "float32"
 
     @property
     def half_batch(self) -> int:
@@ -83,7 +85,7 @@ class RunConfig:
         return params
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
+def check_choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
     return value
@@ -113,12 +115,14 @@ def resolve_config(
     epochs: int | None = None,
     steps_per_epoch: int | None = None,
     experiment: str | None = None,
+    precision: str = "float32",
 ) -> RunConfig:
     """Validate user settings and fill in the profile's values; explicit values win."""
-    _choice("method", method, METHODS)
-    _choice("dataset", dataset, DATASETS)
-    _choice("profile", profile, list(PROFILES))
-    _choice("variant", variant, VARIANTS)
+    check_choice("method", method, METHODS)
+    check_choice("dataset", dataset, DATASETS)
+    check_choice("profile", profile, list(PROFILES))
+    check_choice("variant", variant, VARIANTS)
+    check_choice("precision", precision, PRECISIONS)
     validate_labels(labels)
     _positive("epochs", epochs)
     _positive("steps_per_epoch", steps_per_epoch)
@@ -135,6 +139,7 @@ def resolve_config(
         epochs=epochs or chosen.epochs,
         steps_per_epoch=steps_per_epoch or chosen.steps_per_epoch,
         experiment=experiment or default_experiment(dataset, profile),
+        precision=precision,
     )
 
 
@@ -142,7 +147,13 @@ def default_experiment(dataset: str, profile: str) -> str:
     return f"{dataset}-{profile}"
 
 
+# Settings added after runs were first logged, left out of the fingerprint at their default so that
+# those runs still match (a sweep resumed with newer code reuses them).
+LATER_DEFAULTS = {"precision": "float32"}
+
+
 def fingerprint(config: RunConfig, data_checksum: str) -> str:
     """Identity of a run's resolved configuration and data: equal fingerprints, interchangeable runs."""
-    payload = json.dumps({**config.as_params(), "dataset_sha256": data_checksum}, sort_keys=True)
+    params = {k: v for k, v in config.as_params().items() if LATER_DEFAULTS.get(k, object()) != v}
+    payload = json.dumps({**params, "dataset_sha256": data_checksum}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -42,7 +42,7 @@ def build_discriminator(variant: str, num_classes: int) -> tuple[keras.Model, ke
     if variant in ("two_head", "k_plus_one"):
         head = "real_fake_logit" if variant == "two_head" else "fake_class_logit"
         outputs.append(layers.Dense(1, name=head)(features))
-    probabilities = layers.Softmax(name="class_probabilities")(class_logits)
+    probabilities = layers.Softmax(name="class_probabilities", dtype="float32")(class_logits)
     discriminator = keras.Model(inputs, outputs, name="discriminator")
     classifier = keras.Model(inputs, probabilities, name="classifier")
     return discriminator, classifier
@@ -57,14 +57,25 @@ def build_generator(latent_dim: int) -> keras.Model:
     for i in range(2):
         x = layers.Conv2DTranspose(128, 4, strides=2, padding="same", name=f"upsample{i + 1}")(x)
         x = layers.LeakyReLU(0.2)(x)
-    image = layers.Conv2D(1, 7, padding="same", activation="tanh", name="image")(x)
+    image = layers.Conv2D(1, 7, padding="same", activation="tanh", name="image", dtype="float32")(x)
     return keras.Model(z, image, name="generator")
 
 
-def build_models(method: str, variant: str, num_classes: int, latent_dim: int, seed: int) -> SGANModels:
+def build_models(
+    method: str, variant: str, num_classes: int, latent_dim: int, seed: int, precision: str = "float32"
+) -> SGANModels:
     """Seeded so that the same seed gives the same initial weights (the discriminator is built first,
-    so the CNN baseline starts from the same body and class head as the `stacked` SGAN)."""
+    so the CNN baseline starts from the same body and class head as the `stacked` SGAN).
+
+    `precision="bfloat16"` computes in bfloat16 with float32 weights (Keras' `mixed_bfloat16`); the
+    class probabilities and generated images stay float32, so logged models keep their signatures.
+    """
     keras.utils.set_random_seed(seed)
-    discriminator, classifier = build_discriminator(variant if method == "sgan" else "none", num_classes)
-    generator = build_generator(latent_dim) if method == "sgan" else None
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        discriminator, classifier = build_discriminator(variant if method == "sgan" else "none", num_classes)
+        generator = build_generator(latent_dim) if method == "sgan" else None
+    finally:
+        keras.config.set_dtype_policy(previous)
     return SGANModels(discriminator, classifier, generator)

@@ -64,7 +64,9 @@ def train_run(
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
                 raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
             started = time.perf_counter()
-            models = build_models(config.method, config.variant, dataset.num_classes, config.latent_dim, config.seed)
+            models = build_models(
+                config.method, config.variant, dataset.num_classes, config.latent_dim, config.seed, config.precision
+            )
             trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train)
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:

@@ -73,11 +73,12 @@ def plan_trials(
     epochs: int | None,
     experiment: str,
     steps_per_epoch: int | None = None,
+    precision: str = "float32",
 ) -> list[Trial]:
     """Validate the whole grid, data included, before anything trains. Trials are ordered so that
     the methods of one (labels, seed) pair run back to back: partial sweeps stay paired."""
     configs = [
-        resolve_config(method, dataset, count, seed, profile, variant, epochs, steps_per_epoch, experiment)
+        resolve_config(method, dataset, count, seed, profile, variant, epochs, steps_per_epoch, experiment, precision)
         for count in labels
         for seed in seeds
         for method in methods
@@ -103,7 +104,7 @@ def trial_command(config: RunConfig, parent_run_id: str) -> list[str]:
     command = [sys.executable, "-m", "pipeline", config.method, "--dataset", config.dataset]
     command += ["--labels", str(config.labels), "--seed", str(config.seed), "--profile", config.profile]
     command += ["--epochs", str(config.epochs), "--steps-per-epoch", str(config.steps_per_epoch)]
-    command += ["--experiment", config.experiment, "--parent-run-id", parent_run_id]
+    command += ["--experiment", config.experiment, "--parent-run-id", parent_run_id, "--precision", config.precision]
     return command + (["--variant", config.variant] if config.method == "sgan" else [])
 
 

@@ -52,8 +52,10 @@ class Trainer:
         self._predict = tf.function(self._classes, reduce_retracing=True)
 
     def _discriminate(self, x: tf.Tensor, training: bool) -> list[tf.Tensor]:
-        """[class_logits, aux?]: Keras returns a lone output unwrapped, so wrap it back."""
-        return tf.nest.flatten(self.models.discriminator(x, training=training))
+        """[class_logits, aux?] in float32 (losses stay float32 under mixed precision); Keras returns a
+        lone output unwrapped, so wrap it back."""
+        outputs = tf.nest.flatten(self.models.discriminator(x, training=training))
+        return [tf.cast(output, tf.float32) for output in outputs]
 
     def _sample(self, images: tf.Tensor, n: int) -> tf.Tensor:
         return self.rng.uniform([n], 0, tf.shape(images, out_type=tf.int64)[0], dtype=tf.int64)

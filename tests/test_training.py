@@ -98,3 +98,20 @@ def test_fit_records_one_value_per_epoch_and_learns_digits(digits):
     assert len(history.metrics["test_accuracy"]) == 2 and history.steps == 10
     # 10 supervised steps on 100 labeled digits already beat chance (10%) clearly
     assert history.last("labeled_accuracy") > 0.3
+
+
+def test_bfloat16_mixed_precision_trains_every_network_and_keeps_float32_outputs(digits):
+    config = resolve_config("sgan", "digits", 20, seed=0, profile="smoke", precision="bfloat16")
+    idx = labeled_subset(digits.y_train, 20, seed=0)
+    models = build_models("sgan", "stacked", 10, config.latent_dim, 0, precision="bfloat16")
+    trainer = make_trainer(config, models, digits.x_train[idx], digits.y_train[idx], digits.x_train)
+    assert models.discriminator.get_layer("conv1").compute_dtype == "bfloat16"
+    assert models.discriminator.get_layer("conv1").variable_dtype == "float32"
+    d_before = _weights(models.discriminator, BODY + ["class_logits"])
+    g_before = _weights(models.generator, GENERATOR)
+    assert all(np.isfinite(v) for v in trainer.train_steps(3).values())
+    assert all(_moved(d_before, models.discriminator).values()) and all(_moved(g_before, models.generator).values())
+    assert models.classifier.predict(digits.x_test[:4], verbose=0).dtype == np.float32
+    assert models.generator.predict(np.zeros((2, 100), np.float32), verbose=0).dtype == np.float32
+    # the global policy is left as it was
+    assert build_models("cnn", "none", 10, 100, 0).classifier.get_layer("conv1").compute_dtype == "float32"

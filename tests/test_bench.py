@@ -1,0 +1,56 @@
+"""The benchmark's reference really trains what the classic recipe intends; the CLI prints figures."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.bench import ReferenceSGAN, check_reference_updates, flops_per_step
+from pipeline.data import labeled_subset, load_dataset
+from pipeline.models import build_discriminator
+
+from .conftest import cli
+
+
+def _digits():
+    data = load_dataset("digits")
+    idx = labeled_subset(data.y_train, 20, 0)
+    return data.x_train[idx], data.y_train[idx], data.x_train
+
+
+def test_reference_updates_exactly_what_the_classic_recipe_intends():
+    reference = ReferenceSGAN(*_digits())
+    check_reference_updates(reference)  # raises AssertionError if any update moves the wrong weights
+    check_reference_updates(reference)
+
+
+def test_the_keras3_trap_freezing_before_the_first_call_trains_no_discriminator():
+    """The tutorial order (freeze D, build and compile the GAN, then train) leaves D untrainable."""
+    x_lab, y_lab, _ = _digits()
+    keras.utils.set_random_seed(0)
+    _, classifier = build_discriminator("stacked", 10)
+    classifier.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    classifier.trainable = False  # what `d_model.trainable = False` does to the shared layers
+    before = [w.copy() for w in classifier.get_weights()]
+    with pytest.warns(UserWarning, match="does not have any trainable weights"):
+        classifier.train_on_batch(x_lab, y_lab)
+    assert all(np.array_equal(a, b) for a, b in zip(before, classifier.get_weights(), strict=True))
+
+
+def test_flop_estimate_is_the_documented_64_gflop_scale():
+    assert 55e9 < flops_per_step() < 70e9
+
+
+def test_bench_cli_prints_json_with_the_headline_figures():
+    result = cli("bench", "--dataset", "digits", "--rounds", "1", "--steps", "2", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["ours_ms_per_step"] > 0 and figures["reference_ms_per_step"] > 0
+    assert figures["speedup"] == figures["reference_ms_per_step"] / figures["ours_ms_per_step"]
+    assert 0 < figures["ours_fraction_of_peak"] < 1.5 and figures["ours_precision"] == "float32"
+
+
+def test_bench_rejects_bad_settings():
+    result = cli("bench", "--rounds", "0")
+    assert result.returncode == 2 and "rounds=0 must be a positive integer" in result.stderr
