@@ -94,6 +94,8 @@ def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
             "profile": runs["params.profile"],
             "num_epochs": runs["params.num_epochs"].astype(int),
             "steps_per_epoch": runs["params.steps_per_epoch"].astype(int),
+            # runs logged before the precision option existed were float32
+            "precision": runs.get("params.precision", pd.Series("float32", index=runs.index)).fillna("float32"),
             "dataset": runs["params.dataset"],
             "git_commit": runs["params.git_commit"],
             "tensorflow_version": runs["params.tensorflow_version"],
@@ -102,7 +104,8 @@ def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
             "seconds": runs.get("metrics.wall_seconds"),
         }
     )
-    table = table.drop_duplicates(["method", "variant", "labels", "seed"], keep="first")
+    protocol = ["profile", "num_epochs", "steps_per_epoch", "precision"]
+    table = table.drop_duplicates(["method", "variant", "labels", "seed", *protocol], keep="first")
     return table.sort_values(["labels", "method", "seed"]).reset_index(drop=True)
 
 
@@ -169,13 +172,10 @@ def _coverage_notes(runs: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
     unpaired = paired[(paired.n_pairs == 1)]
     for labels in unpaired.labels:
         notes.append(f"At {labels} labels there is one seed pair: no confidence interval can be given.")
-    protocols = runs[["profile", "num_epochs", "steps_per_epoch"]].drop_duplicates()
+    protocols = runs[["profile", "num_epochs", "steps_per_epoch", "precision"]].drop_duplicates()
     if len(protocols) > 1:
-        notes.append(
-            "The runs mix protocols ("
-            + "; ".join(f"{p} {e}x{s}" for p, e, s in protocols.itertuples(index=False))
-            + "): compare with care."
-        )
+        described = "; ".join(f"{p} {e}x{s} {f}" for p, e, s, f in protocols.itertuples(index=False))
+        notes.append(f"The runs mix protocols ({described}) and are pooled below: compare with care.")
     return notes
 
 
@@ -295,7 +295,7 @@ def _provenance(runs: pd.DataFrame) -> list[str]:
     variants = ", ".join(sorted(set(runs[runs.method == "sgan"].variant))) or "none"
     return [
         f"Dataset: {values('dataset')}; profile: {values('profile')}; epochs: {values('num_epochs')} "
-        f"of {values('steps_per_epoch')} steps; SGAN variant: {variants}.",
+        f"of {values('steps_per_epoch')} steps; precision: {values('precision')}; SGAN variant: {variants}.",
         f"Versions: TensorFlow {values('tensorflow_version')}, Keras {values('keras_version')}, "
         f"MLflow {values('mlflow_version')}; commit {values('git_commit')}.",
     ]

@@ -22,6 +22,7 @@ from pipeline.tracking import (
     log_epoch,
     log_models,
     log_run_inputs,
+    record_stop,
     run_destination,
 )
 from pipeline.training import fit, make_trainer
@@ -93,10 +94,10 @@ def train_run(
             )
             log_models(models.classifier, models.generator, dataset.x_test, latent)
         except BaseException as err:
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-            raise
-        finally:
             mlflow.flush_async_logging()  # what was logged before a failure is kept
+            record_stop(err)
+            raise
+        mlflow.flush_async_logging()
     if verbose:
         print(summary_line(config, result), flush=True)
     return result

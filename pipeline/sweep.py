@@ -24,7 +24,7 @@ from mlflow.entities import RunStatus
 
 from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.tracking import FINGERPRINT_TAG, check_tracking_uri, log_new_params, run_destination
+from pipeline.tracking import FINGERPRINT_TAG, check_tracking_uri, log_new_params, record_stop, run_destination
 
 TRIALS_FILE = "trials.json"  # in the parent run: every trial's run id, reused ones included
 
@@ -249,9 +249,11 @@ def run_sweep(
         with tempfile.TemporaryDirectory() as folder:
             try:
                 _run_pending(pending, experiment_id, parent.info.run_id, Path(folder), max_parallel, progress, outcomes)
-            finally:
-                mlflow.log_artifacts(folder, "trial_logs")
-                mlflow.log_dict({"trials": [asdict(o) for o in outcomes]}, TRIALS_FILE)
+            except BaseException as err:
+                _log_trials(folder, outcomes)
+                record_stop(err)
+                raise
+            _log_trials(folder, outcomes)
         result = SweepResult(parent.info.run_id, experiment, outcomes)
         mlflow.log_metrics({"trials_finished": len(outcomes) - len(result.failed), "trials_failed": len(result.failed)})
         if result.failed:
@@ -262,8 +264,14 @@ def run_sweep(
     return result
 
 
+def _log_trials(log_folder: str, outcomes: list[Outcome]) -> None:
+    mlflow.log_artifacts(log_folder, "trial_logs")
+    mlflow.log_dict({"trials": [asdict(o) for o in outcomes]}, TRIALS_FILE)
+
+
 def _run_pending(pending, experiment_id, parent_run_id, log_dir, max_parallel, progress, outcomes) -> None:
-    with ThreadPoolExecutor(max_workers=max_parallel) as pool:
+    pool = ThreadPoolExecutor(max_workers=max_parallel)
+    try:
         futures = {pool.submit(run_trial, t, experiment_id, parent_run_id, log_dir): t for t in pending}
         waiting = list(pending)
         for future in as_completed(futures):
@@ -271,6 +279,8 @@ def _run_pending(pending, experiment_id, parent_run_id, log_dir, max_parallel, p
             outcome = future.result()
             outcomes.append(outcome)
             progress.report(outcome, waiting)
+    finally:  # on Ctrl-C, start no queued trial; the running ones got the same signal and stop
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def sweep_summary(result: SweepResult) -> str:

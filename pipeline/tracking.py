@@ -117,6 +117,14 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> 
     )
 
 
+def record_stop(err: BaseException) -> None:
+    """Tag the active run with why it stopped; Ctrl-C ends it KILLED (MLflow's run context would call
+    any exception FAILED). Either way it is never left FINISHED."""
+    mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000] if str(err) else type(err).__name__)
+    if isinstance(err, KeyboardInterrupt):
+        mlflow.end_run("KILLED")
+
+
 def log_epoch(epoch: int, metrics: dict[str, float], grid: np.ndarray | None) -> None:
     """Asynchronous, so that a slow store does not stall training; flushed at the end of the run."""
     mlflow.log_metrics(metrics, step=epoch, synchronous=False)

@@ -107,7 +107,8 @@ def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(st
     assert expected <= {p.name for p in out.iterdir()}
     markdown = (out / "report.md").read_text()
     assert "final test accuracy" in markdown and "No epoch, seed or run was selected" in markdown
-    assert "profile: quick; epochs: 3 of 100 steps" in markdown and "commit abc123" in markdown
+    assert "profile: quick; epochs: 3 of 100 steps; precision: float32" in markdown
+    assert "commit abc123" in markdown
     assert markdown.index("Paired difference") < markdown.index("Published numbers (not measured here)")
     assert "arXiv:1606.03498" in markdown
     html = (out / "report.html").read_text()
@@ -125,6 +126,33 @@ def test_unpaired_label_counts_and_failed_runs_give_notes_not_crashes(store):
     row = report.paired.set_index("labels").loc[1000]
     assert row.n_pairs == 0 and np.isnan(row.mean_diff)
     assert report.summary.n.sum() == 9
+
+
+def test_runs_of_different_protocols_are_kept_apart_from_duplicates_and_flagged(store):
+    log_known_runs("mixed", {("cnn", 50, 0): 0.80})
+    log_known_runs("mixed", {("cnn", 50, 0): 0.82})  # a rerun of the same configuration: the latest counts
+    mlflow.set_experiment("mixed")
+    with mlflow.start_run(tags={"method": "cnn"}):
+        mlflow.log_params(
+            {
+                "variant": "none",
+                "labels": 50,
+                "seed": 0,
+                "profile": "paper",
+                "num_epochs": 20,
+                "steps_per_epoch": 600,
+                "dataset": "mnist",
+                "git_commit": "abc",
+                "precision": "bfloat16",
+                "tensorflow_version": "2.x",
+                "keras_version": "3.x",
+                "mlflow_version": "3.x",
+            }
+        )
+        mlflow.log_metric("final_test_accuracy", 0.9)
+    report = build_report("mixed")
+    assert sorted(report.runs.accuracy) == [0.82, 0.9]
+    assert any("mix protocols" in note and "paper 20x600 bfloat16" in note for note in report.notes), report.notes
 
 
 def test_an_experiment_without_finished_runs_gives_a_clear_message(store, tmp_path):

@@ -11,7 +11,9 @@ SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke"]
 
 def _trial_runs(experiment="digits-smoke") -> pd.DataFrame:
     runs = mlflow.search_runs(experiment_names=[experiment])
-    return runs[runs["tags.method"].notna()] if not runs.empty else runs
+    if "tags.method" not in runs:  # none yet, or only the parent run
+        return pd.DataFrame(columns=["run_id", "status", "tags.method"])
+    return runs[runs["tags.method"].notna()]
 
 
 def _parents(experiment="digits-smoke") -> pd.DataFrame:
@@ -94,3 +96,39 @@ def test_bad_sweep_input_fails_before_any_run(store, args, message):
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0,1,2", "--experiment", "interrupted"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the first trial to finish, then press Ctrl-C
+        runs = _trial_runs("interrupted") if mlflow.get_experiment_by_name("interrupted") else pd.DataFrame()
+        if not runs.empty and (runs.status == "FINISHED").any():
+            break
+        time.sleep(1)
+    os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130, stderr[-3000:]
+    assert "run the same command again to resume" in stderr
+    assert _parents("interrupted").status.iloc[0] == "KILLED"
+    finished_before = set(_trial_runs("interrupted").query("status == 'FINISHED'").run_id)
+    assert 1 <= len(finished_before) < 3
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"3/3 trials finished ({len(finished_before)} reused)" in again.stdout
+    finished = _trial_runs("interrupted").query("status == 'FINISHED'")
+    assert finished_before <= set(finished.run_id) and len(finished) == 3
