@@ -89,10 +89,11 @@ def plan_trials(
     return [Trial(config, fingerprint(config, data.checksum)) for config in configs]
 
 
-def finished_run(experiment_id: str, trial: Trial) -> mlflow.entities.Run | None:
+def latest_run(experiment_id: str, trial: Trial, condition: str) -> mlflow.entities.Run | None:
+    """The newest run of this trial's configuration that also meets `condition` (a search filter)."""
     found = mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and {condition}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",
@@ -127,14 +128,7 @@ def run_trial(trial: Trial, experiment_id: str, parent_run_id: str, log_dir: Pat
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     with open(log, "w") as handle:
         code = subprocess.run(trial_command(config, parent_run_id), stdout=handle, stderr=subprocess.STDOUT, env=env)
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and tags.mlflow.parentRunId = '{parent_run_id}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    run = runs[0] if runs else None
+    run = latest_run(experiment_id, trial, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     outcome = _outcome(trial, "FAILED", None, reused=False, seconds=time.perf_counter() - started)
     if code.returncode == 0 and run is not None and run.info.status == "FINISHED":
         outcome.status, outcome.run_id = "FINISHED", run.info.run_id
@@ -238,7 +232,7 @@ def run_sweep(
         if verbose:
             print(f"Sweep of {len(trials)} trials in experiment '{experiment}', parent run {parent.info.run_id}")
         for trial in trials:
-            existing = None if force else finished_run(experiment_id, trial)
+            existing = None if force else latest_run(experiment_id, trial, "attributes.status = 'FINISHED'")
             if existing is None:
                 pending.append(trial)
                 continue

@@ -64,6 +64,8 @@ def test_main_entry_point_sweeps_then_reports_into_the_sweep_run(store, tmp_path
         "labels=10",
         "-P",
         "seeds=0",
+        "-P",
+        f"out={tmp_path / 'report'}",
         "--experiment-name",
         "main-demo",
     )
@@ -74,3 +76,4 @@ def test_main_entry_point_sweeps_then_reports_into_the_sweep_run(store, tmp_path
     assert sorted(children["tags.method"]) == ["cnn", "sgan"] and set(children.status) == {"FINISHED"}
     logged = {f.path for f in mlflow.artifacts.list_artifacts(run_id=parent.run_id, artifact_path="report")}
     assert {"report/report.md", "report/summary.csv", "report/accuracy_vs_labels.png"} <= logged
+    assert (tmp_path / "report" / "report.md").exists()
