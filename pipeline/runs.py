@@ -74,7 +74,7 @@ def train_run(
                 grid = generated_grid(trainer.generate, latent, config.grid_size) if config.method == "sgan" else None
                 log_epoch(epoch, metrics, grid)
 
-            history = fit(trainer, dataset.x_test, dataset.y_test, x_labeled, y_labeled, on_epoch_end, verbose)
+            history = fit(trainer, dataset.x_test, dataset.y_test, on_epoch_end, verbose)
             result = RunResult(
                 run_id=run.info.run_id,
                 experiment=config.experiment,

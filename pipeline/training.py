@@ -86,7 +86,7 @@ class Trainer:
     def _classes(self, x: tf.Tensor) -> tf.Tensor:
         return tf.argmax(self._discriminate(x, training=False)[0], axis=-1)
 
-    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+    def accuracy(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> float:
         """Classification accuracy over all of (x, y), in batches."""
         size = self.config.eval_batch_size
         correct = sum(
@@ -167,8 +167,6 @@ def fit(
     trainer: Trainer,
     x_test: np.ndarray,
     y_test: np.ndarray,
-    x_labeled: np.ndarray,
-    y_labeled: np.ndarray,
     on_epoch_end: EpochHook | None = None,
     verbose: bool = True,
 ) -> History:
@@ -195,7 +193,7 @@ def fit(
         history.steps += config.steps_per_epoch
         metrics = {name: total / config.steps_per_epoch for name, total in sums.items()}
         metrics["test_accuracy"] = trainer.accuracy(x_test, y_test)
-        metrics["labeled_accuracy"] = trainer.accuracy(x_labeled, y_labeled)
+        metrics["labeled_accuracy"] = trainer.accuracy(trainer.x_labeled, trainer.y_labeled)
         accuracies = [("test_acc", metrics["test_accuracy"]), ("labeled_acc", metrics["labeled_accuracy"])]
         bar.update(done, values=[*losses.items(), *accuracies])
         history.add(metrics)

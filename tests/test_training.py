@@ -83,14 +83,12 @@ def test_same_seed_gives_same_initial_classifier_for_sgan_and_cnn():
 
 
 def test_fit_records_one_value_per_epoch_and_learns_digits(digits):
-    trainer, idx = _trainer(digits, "cnn", labels=100)
+    trainer, _ = _trainer(digits, "cnn", labels=100)
     seen = []
     history = fit(
         trainer,
         digits.x_test,
         digits.y_test,
-        digits.x_train[idx],
-        digits.y_train[idx],
         on_epoch_end=lambda epoch, metrics: seen.append(epoch),
         verbose=False,
     )
