@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--sweep-run-id", default="", help="only this sweep's runs (its children and reused runs)")
     sub.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
     sub.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or MLflow's default")
+    sub.add_argument("--commentary", default="", help="text file of findings to include (paragraphs)")
     sub = commands.add_parser("bench", help="time SGAN training steps: ours vs the classic Keras reference")
     sub.add_argument("--dataset", default="mnist", help="data the steps draw from (default mnist)")
     sub.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
@@ -142,13 +143,15 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
     return (1 if result.failed else 0), result.experiment, result.parent_run_id
 
 
-def run_report_command(experiment: str, out: str | None, sweep_run_id: str = "", log_to_run: str | None = None) -> int:
+def run_report_command(
+    experiment: str, out: str | None, sweep_run_id: str = "", log_to_run: str | None = None, commentary: str = ""
+) -> int:
     from pipeline.report import make_report
     from pipeline.tracking import check_tracking_uri
 
     check_tracking_uri()
     folder = Path(out or Path("reports") / experiment)
-    report = make_report(experiment, folder, sweep_run_id or None, log_to_run)
+    report = make_report(experiment, folder, sweep_run_id or None, log_to_run, Path(commentary) if commentary else None)
     print(f"Report of {len(report.runs)} runs written to {folder / 'report.md'} (and report.html)")
     for note in report.notes:
         print(f"note: {note}")
@@ -170,7 +173,7 @@ def dispatch(args: argparse.Namespace) -> int:
             import mlflow
 
             mlflow.set_tracking_uri(args.tracking_uri)
-        return run_report_command(args.experiment, args.out, args.sweep_run_id)
+        return run_report_command(args.experiment, args.out, args.sweep_run_id, commentary=args.commentary)
     code, experiment, parent = run_sweep_command(args)
     if args.command == "main":
         run_report_command(experiment, args.out, parent, log_to_run=parent)

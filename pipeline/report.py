@@ -65,6 +65,7 @@ class Report:
     paired: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    commentary: list[str] = field(default_factory=list)  # the analyst's findings, one paragraph each
 
 
 def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
@@ -317,6 +318,8 @@ def sections(report: Report) -> list[tuple[str, object]]:
         ("p", STATEMENT),
         *[("p", line) for line in _provenance(report.runs)],
         *[("p", f"**Note:** {note}") for note in report.notes],
+        *([("h2", "Findings")] if report.commentary else []),
+        *[("p", paragraph) for paragraph in report.commentary],
         ("h2", "Final test accuracy per method and label count"),
         ("p", "Mean, sample standard deviation (accuracy points), number of seeds, min and max."),
         ("table", summary),
@@ -415,12 +418,27 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     return [*files, folder / "report.md", folder / "report.html"]
 
 
+def read_commentary(path: Path | None) -> list[str]:
+    """Paragraphs (separated by blank lines) of a text file written by whoever ran the benchmark."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise ReportError(f"commentary file {path} does not exist")
+    return [" ".join(p.split()) for p in path.read_text().split("\n\n") if p.strip()]
+
+
 def make_report(
-    experiment: str, out_dir: Path, sweep_run_id: str | None = None, log_to_run: str | None = None
+    experiment: str,
+    out_dir: Path,
+    sweep_run_id: str | None = None,
+    log_to_run: str | None = None,
+    commentary: Path | None = None,
 ) -> Report:
     """Build, write and log the report: into `log_to_run` if given (a sweep's parent), else a new
     `report` run in the same experiment, so it is browsable in the MLflow UI."""
+    findings = read_commentary(commentary)  # a wrong path fails before any work
     report = build_report(experiment, sweep_run_id)
+    report.commentary = findings
     write_report(report, out_dir)
     if log_to_run:
         mlflow.MlflowClient().log_artifacts(log_to_run, str(out_dir), "report")

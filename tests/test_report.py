@@ -92,7 +92,8 @@ def test_summary_and_paired_numbers_match_an_independent_computation(store):
 def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(store, tmp_path):
     log_known_runs("known")
     out = tmp_path / "out"
-    make_report("known", out)
+    (tmp_path / "findings.txt").write_text("First finding,\nwrapped.\n\nSecond finding.\n")
+    make_report("known", out, commentary=tmp_path / "findings.txt")
     expected = {
         "report.md",
         "report.html",
@@ -111,6 +112,7 @@ def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(st
     assert "commit abc123" in markdown
     assert markdown.index("Paired difference") < markdown.index("Published numbers (not measured here)")
     assert "arXiv:1606.03498" in markdown
+    assert "## Findings\n\nFirst finding, wrapped.\n\nSecond finding." in markdown
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
     (run,) = mlflow.search_runs(experiment_names=["known"], filter_string="tags.report = 'true'", output_format="list")
