@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -17,17 +18,24 @@ os.environ["SGAN_OFFLINE"] = "1"  # nothing downloads during tests
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@contextmanager
+def tracking_store(folder: Path):
+    """A fresh SQLite tracking store in `folder`, which is also the cwd so artifacts land there too."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        yield uri
+        while mlflow.active_run():
+            mlflow.end_run()
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    """A fresh SQLite tracking store; the cwd is the temp dir so artifacts land there too."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+def store(tmp_path) -> str:
+    with tracking_store(tmp_path) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.runs import train_run
 
-from .conftest import cli
+from .conftest import cli, tracking_store
 
 SGAN_LOSSES = ["loss_supervised", "loss_unsupervised_real", "loss_unsupervised_fake", "loss_generator"]
 
@@ -28,12 +28,7 @@ def _models(run_id):
 @pytest.fixture(scope="module")
 def sgan_run(tmp_path_factory):
     """One smoke SGAN run on digits, shared by the tests that only read it."""
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
+    with tracking_store(tmp_path_factory.mktemp("store")):
         config = resolve_config("sgan", "digits", labels=25, seed=1, profile="smoke", epochs=3)
         result = train_run(config, verbose=False)
         yield config, result

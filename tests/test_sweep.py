@@ -4,7 +4,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from .conftest import cli
+from .conftest import cli, tracking_store
 
 SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke"]
 
@@ -25,11 +25,7 @@ def _parents(experiment="digits-smoke") -> pd.DataFrame:
 def swept(tmp_path_factory):
     """One 2 labels x 2 seeds x 2 methods smoke sweep, then the same command again."""
     folder = tmp_path_factory.mktemp("sweep-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
+    with tracking_store(folder):
         first = cli(*SWEEP, "--labels", "10,20", "--seeds", "0,1", cwd=folder)
         second = cli(*SWEEP, "--labels", "10,20", "--seeds", "0,1", cwd=folder)
         yield folder, first, second
