@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import NUM_CLASSES, ConfigError
+from pipeline.config import NUM_CLASSES, ConfigError, validate_labels
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SHAPE = (28, 28, 1)
@@ -157,8 +157,7 @@ def labeled_subset(y: np.ndarray, labels: int, seed: int, num_classes: int = NUM
     sees the same labeled images. When `labels` does not divide by the number of classes, the
     remainder goes to classes chosen by the seed.
     """
-    if labels < num_classes:
-        raise ConfigError(f"labels={labels} is below the number of classes ({num_classes})")
+    validate_labels(labels, num_classes)
     rng = np.random.default_rng([seed, labels])
     per_class = np.full(num_classes, labels // num_classes)
     per_class[rng.choice(num_classes, labels % num_classes, replace=False)] += 1

@@ -15,10 +15,10 @@ import numpy as np
 
 from pipeline.config import RunConfig
 from pipeline.data import labeled_subset, load_dataset
+from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.tracking import (
     check_tracking_uri,
-    generated_grid,
     log_epoch,
     log_models,
     log_run_inputs,
@@ -71,7 +71,7 @@ def train_run(
             trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train)
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-                grid = generated_grid(trainer.generate, latent, config.grid_size) if config.method == "sgan" else None
+                grid = image_grid(trainer.generate(latent), config.grid_size) if config.method == "sgan" else None
                 log_epoch(epoch, metrics, grid)
 
             history = fit(trainer, dataset.x_test, dataset.y_test, on_epoch_end, verbose)

@@ -15,7 +15,6 @@ from mlflow.models import infer_signature
 
 from pipeline.config import ConfigError, RunConfig, fingerprint
 from pipeline.data import Dataset, class_counts
-from pipeline.images import image_grid
 
 IMAGE_KEY = "generated_images"
 FINGERPRINT_TAG = "config_fingerprint"  # what a sweep matches to reuse a finished run
@@ -130,10 +129,6 @@ def log_epoch(epoch: int, metrics: dict[str, float], grid: np.ndarray | None) ->
     mlflow.log_metrics(metrics, step=epoch, synchronous=False)
     if grid is not None:
         mlflow.log_image(grid, key=IMAGE_KEY, step=epoch, synchronous=False)
-
-
-def generated_grid(generate, latent: np.ndarray, rows: int) -> np.ndarray:
-    return image_grid(generate(latent), rows)
 
 
 def _requirements() -> list[str]:
