@@ -39,7 +39,7 @@ class ReferenceSGAN:
     def __init__(self, x_labeled, y_labeled, x_pool, latent_dim: int = 100, seed: int = 0):
         keras.utils.set_random_seed(seed)
         discriminator, classifier = build_discriminator("stacked", NUM_CLASSES)
-        self.generator = build_generator(latent_dim)
+        self.generator = build_generator(latent_dim, portable=True)  # the stock layers, as written there
         logits = discriminator.get_layer("class_logits").output
         self.d_model = keras.Model(discriminator.input, keras.layers.Lambda(_z_over_z_plus_one)(logits))
         self.c_model = classifier

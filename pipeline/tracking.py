@@ -15,6 +15,7 @@ from mlflow.models import infer_signature
 
 from pipeline.config import ConfigError, RunConfig, fingerprint
 from pipeline.data import Dataset, class_counts
+from pipeline.models import portable_generator
 
 IMAGE_KEY = "generated_images"
 FINGERPRINT_TAG = "config_fingerprint"  # what a sweep matches to reuse a finished run
@@ -141,11 +142,12 @@ def log_models(classifier: keras.Model, generator: keras.Model | None, images: n
     generator (latent (N, latent_dim) -> images in [-1, 1]), with signatures and input examples.
 
     Logged through `mlflow.tensorflow`, which saves Keras 3 models in the native `.keras` format:
-    `mlflow.keras.log_model` crashes when given an input example (MLflow issue #16183).
+    `mlflow.keras.log_model` crashes when given an input example (MLflow issue #16183). The generator
+    is logged as its stock-layer copy, so it loads without this package installed.
     """
     models = [("classifier", classifier, images[:2].astype(np.float32))]
     if generator is not None:
-        models.append(("generator", generator, latent[:2].astype(np.float32)))
+        models.append(("generator", portable_generator(generator), latent[:2].astype(np.float32)))
     keras.config.disable_interactive_logging()  # MLflow's example checks would print progress bars
     try:
         for name, model, example in models:

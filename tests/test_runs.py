@@ -1,6 +1,8 @@
 """Whole tracked runs against real SQLite MLflow stores, on digits and a small MNIST slice."""
 
 import socket
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -79,6 +81,27 @@ def test_logged_classifier_reloads_with_the_same_predictions(sgan_run):
     generator = mlflow.pyfunc.load_model(models["generator"].model_uri)
     images = np.asarray(generator.predict(np.zeros((2, 100), np.float32)))
     assert images.shape == (2, 28, 28, 1) and np.abs(images).max() <= 1.0
+
+
+def test_logged_generator_loads_in_a_python_that_never_imports_this_package(sgan_run, tmp_path):
+    _, result = sgan_run
+    z = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    load = (
+        "import sys, numpy as np, mlflow\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "np.save(sys.argv[3], np.asarray(model.predict(np.load(sys.argv[2]))))\n"
+        "assert not any(name.split('.')[0] == 'pipeline' for name in sys.modules)\n"
+    )
+    uri = _models(result.run_id)["generator"].model_uri
+    done = subprocess.run(
+        [sys.executable, "-c", load, uri, str(tmp_path / "z.npy"), str(tmp_path / "images.npy")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = result.models.generator(z, training=False).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "images.npy"), expected, rtol=0, atol=1e-5)
 
 
 def test_cnn_run_on_an_mnist_slice_pairs_with_the_sgan_subset(store, mnist_slice_dir, monkeypatch):

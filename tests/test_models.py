@@ -1,0 +1,61 @@
+"""The generator's fast last layer computes what the stock Keras layer computes, forwards and backwards."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.models import ImageConv2D, build_generator, build_models, portable_generator
+
+
+def _outputs_and_gradients(layer: keras.layers.Layer, x: tf.Tensor):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.sin(3.0 * y))  # a non-trivial upstream gradient
+    return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+
+@pytest.mark.parametrize(("kernel", "activation"), [(7, "tanh"), (5, None), (3, "tanh"), ((3, 5), None)])
+def test_image_conv_matches_stock_conv2d_in_outputs_and_all_gradients(kernel, activation):
+    keras.utils.set_random_seed(0)
+    x = tf.random.stateless_normal([3, 28, 28, 16], seed=[1, 2])
+    stock = keras.layers.Conv2D(1, kernel, padding="same", activation=activation)
+    fast = ImageConv2D(1, kernel, padding="same", activation=activation)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights([w + 0.01 for w in stock.get_weights()])  # a non-zero bias too
+    stock.set_weights(fast.get_weights())
+    for expected, actual in zip(_outputs_and_gradients(stock, x), _outputs_and_gradients(fast, x), strict=True):
+        assert actual.shape == expected.shape
+        # float32 sums in another order (the bias gradient adds thousands of terms); a wrong tap or
+        # shift would be off by the order of the values themselves
+        scale = float(tf.reduce_max(tf.abs(expected)))
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-4 * scale)
+
+
+def test_image_conv_falls_back_to_the_stock_op_where_the_fast_path_does_not_apply():
+    x = tf.random.stateless_normal([2, 8, 8, 4], seed=[3, 4])
+    stock, fast = keras.layers.Conv2D(2, 3, strides=2), ImageConv2D(2, 3, strides=2)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights(stock.get_weights())
+    np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
+
+
+def test_portable_generator_is_stock_keras_and_generates_the_same_images():
+    generator = build_models("sgan", "stacked", 10, 100, seed=0).generator
+    portable = portable_generator(generator)
+    assert isinstance(generator.get_layer("image"), ImageConv2D)
+    assert all(type(layer).__module__.startswith("keras.") for layer in portable.layers)
+    z = tf.random.stateless_normal([4, 100], seed=[5, 6])
+    np.testing.assert_allclose(portable(z).numpy(), generator(z).numpy(), rtol=0, atol=1e-5)
+
+
+def test_same_seed_same_generator_weights_whichever_last_layer():
+    keras.utils.set_random_seed(7)
+    fast = build_generator(100)
+    keras.utils.set_random_seed(7)
+    stock = build_generator(100, portable=True)
+    for a, b in zip(fast.get_weights(), stock.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
