@@ -38,7 +38,7 @@ class ReferenceSGAN:
 
     def __init__(self, x_labeled, y_labeled, x_pool, latent_dim: int = 100, seed: int = 0):
         keras.utils.set_random_seed(seed)
-        discriminator, classifier = build_discriminator("stacked", NUM_CLASSES)
+        discriminator, classifier, _ = build_discriminator("stacked", NUM_CLASSES)
         self.generator = build_generator(latent_dim, portable=True)  # the stock layers, as written there
         logits = discriminator.get_layer("class_logits").output
         self.d_model = keras.Model(discriminator.input, keras.layers.Lambda(_z_over_z_plus_one)(logits))
@@ -163,7 +163,7 @@ def run_bench(
     dataset: str = "mnist", rounds: int = 5, steps: int = 10, precision: str = "float32", warmup: int = 3
 ) -> BenchResult:
     data = load_dataset(dataset)
-    idx = labeled_subset(data.y_train, 100, 0, data.num_classes)
+    idx = labeled_subset(data.y_train, 100, 0, data.num_classes, data.validation)
     x_lab, y_lab = data.x_train[idx], data.y_train[idx]
     config = resolve_config("sgan", dataset, 100, 0, "smoke", precision=precision)
     models = build_models("sgan", "stacked", NUM_CLASSES, 100, 0, precision)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import (
     DATASETS,
+    GENERATOR_LOSSES,
     METHODS,
     PRECISIONS,
     PROFILES,
@@ -46,7 +47,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps-per-epoch", type=optional_int, default=None, help="override the profile's steps per epoch"
     )
     parser.add_argument("--experiment", default="", help="MLflow experiment (default <dataset>-<profile>)")
-    parser.add_argument("--variant", default="stacked", help=f"SGAN variant: one of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variant", default="stacked", help=f"SGAN variant: {', '.join(VARIANTS)} (sweeps: a comma-separated list)"
+    )
+    parser.add_argument(
+        "--generator-loss",
+        default="non_saturating",
+        help=f"SGAN generator loss: {', '.join(GENERATOR_LOSSES)} (sweeps: a list)",
+    )
     parser.add_argument(
         "--precision", default="float32", help="float32 (default) or bfloat16 (mixed precision, float32 weights)"
     )
@@ -56,7 +64,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for method, help_text in (("sgan", "train a semi-supervised GAN"), ("cnn", "train the CNN baseline")):
+    for method, help_text in (
+        ("sgan", "train a semi-supervised GAN"),
+        ("cnn", "train the CNN baseline (the SGAN's classifier and optimizer, labeled images only)"),
+        ("cnn_tuned", "train the tuned CNN baseline (recipe chosen by a search on the validation split)"),
+    ):
         sub = commands.add_parser(method, help=help_text)
         sub.add_argument("--labels", type=int, default=100, help="labeled training examples (default 100)")
         sub.add_argument("--seed", type=int, default=0, help="fixes the labeled subset and the initialisation")
@@ -104,6 +116,7 @@ def run_single(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         experiment=args.experiment or None,
         precision=args.precision,
+        generator_loss=args.generator_loss,
     )
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
@@ -122,11 +135,12 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         parse_list("seeds", args.seeds, int),
         args.dataset,
         args.profile,
-        args.variant,
+        parse_list("variant", args.variant),
         args.epochs,
         experiment,
         args.steps_per_epoch,
         args.precision,
+        parse_list("generator_loss", args.generator_loss),
     )
     params = {
         "methods": args.methods,
@@ -135,6 +149,7 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         "dataset": args.dataset,
         "profile": args.profile,
         "variant": args.variant,
+        "generator_loss": args.generator_loss,
         "num_epochs": trials[0].config.epochs,
         "steps_per_epoch": trials[0].config.steps_per_epoch,
         "precision": args.precision,
@@ -159,7 +174,7 @@ def run_report_command(
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    if args.command in ("sgan", "cnn"):
+    if args.command in METHODS:
         return run_single(args)
     if args.command == "bench":
         from pipeline.bench import format_result, run_bench

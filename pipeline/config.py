@@ -13,9 +13,21 @@ from dataclasses import dataclass
 
 DATASETS = ("mnist", "fashion_mnist", "digits")
 VARIANTS = ("stacked", "two_head", "k_plus_one")
-METHODS = ("sgan", "cnn")
+METHODS = ("sgan", "cnn", "cnn_tuned")
+BASELINES = ("cnn", "cnn_tuned")  # supervised methods: the same network, no generator
 PRECISIONS = ("float32", "bfloat16")  # bfloat16: mixed precision, float32 weights
+GENERATOR_LOSSES = ("non_saturating", "feature_matching")
+AUGMENTATIONS = ("none", "shift")  # shift: random translation by up to 2 pixels
 NUM_CLASSES = 10  # every supported dataset has ten classes
+TUNED_EPOCH_FACTOR = 3  # cnn_tuned may train this many times the protocol's epochs, stopping early
+# cnn_tuned's recipe search (see pipeline.tuning): RunConfig fields and the values tried; the grid is
+# their product in this order, and ties go to the earlier recipe.
+TUNED_SEARCH_SPACE: dict[str, tuple] = {
+    "learning_rate": (1e-3,),
+    "beta_1": (0.9,),
+    "augment": ("none", "shift"),
+    "weight_decay": (0.0, 0.1),
+}
 
 
 class ConfigError(ValueError):
@@ -61,18 +73,48 @@ class RunConfig:
     eval_batch_size: int = 1000
     grid_size: int = 10  # the generated-image grid is grid_size x grid_size
     precision: str = "float32"
+    generator_loss: str = "non_saturating"  # "none" for the baselines
+    ema_decay: float = 0.999  # moving average of the classifier weights (with warm-up: see MovingAverage)
+    weight_decay: float = 0.0  # decoupled (AdamW); 0 is plain Adam
+    augment: str = "none"  # of the labeled images, for the supervised update
+    select_epoch: str = "last"  # "best_validation": report the epoch with the best validation accuracy
 
     @property
     def half_batch(self) -> int:
         return self.batch_size // 2
 
     @property
+    def train_epochs(self) -> int:
+        """Epochs actually trained: the protocol's, or for `cnn_tuned` a multiple of them (early stopping
+        on the validation split decides which epoch counts)."""
+        return self.epochs * (TUNED_EPOCH_FACTOR if self.method == "cnn_tuned" else 1)
+
+    @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.train_epochs * self.steps_per_epoch
+
+    @property
+    def protocol(self) -> str:
+        """The training budget runs are compared under: the profile and its epochs x steps."""
+        return f"{self.profile} {self.epochs}x{self.steps_per_epoch}"
+
+    @property
+    def arm(self) -> str:
+        """Everything that defines a method's recipe, as one readable name (not the data or protocol)."""
+        parts = [self.method]
+        if self.method == "sgan":
+            parts.append(self.variant)
+            if self.generator_loss != "non_saturating":
+                parts.append(self.generator_loss.replace("_", " "))
+        if self.precision != "float32":
+            parts.append(self.precision)
+        return " ".join(parts)
 
     @property
     def run_name(self) -> str:
         tag = f"{self.method}-{self.variant}" if self.method == "sgan" else self.method
+        if self.method == "sgan" and self.generator_loss == "feature_matching":
+            tag += "-fm"
         return f"{tag}-{self.dataset}-L{self.labels}-s{self.seed}"
 
     def as_params(self) -> dict[str, object]:
@@ -116,6 +158,7 @@ def resolve_config(
     steps_per_epoch: int | None = None,
     experiment: str | None = None,
     precision: str = "float32",
+    generator_loss: str = "non_saturating",
 ) -> RunConfig:
     """Validate user settings and fill in the profile's values; explicit values win."""
     check_choice("method", method, METHODS)
@@ -123,6 +166,7 @@ def resolve_config(
     check_choice("profile", profile, list(PROFILES))
     check_choice("variant", variant, VARIANTS)
     check_choice("precision", precision, PRECISIONS)
+    check_choice("generator_loss", generator_loss, GENERATOR_LOSSES)
     validate_labels(labels)
     _positive("epochs", epochs)
     _positive("steps_per_epoch", steps_per_epoch)
@@ -140,6 +184,8 @@ def resolve_config(
         steps_per_epoch=steps_per_epoch or chosen.steps_per_epoch,
         experiment=experiment or default_experiment(dataset, profile),
         precision=precision,
+        generator_loss=generator_loss if method == "sgan" else "none",
+        select_epoch="best_validation" if method == "cnn_tuned" else "last",
     )
 
 
@@ -148,12 +194,17 @@ def default_experiment(dataset: str, profile: str) -> str:
 
 
 # Settings added after runs were first logged, left out of the fingerprint at their default so that
-# those runs still match (a sweep resumed with newer code reuses them).
-LATER_DEFAULTS = {"precision": "float32"}
+# those runs still match (a sweep resumed with newer code reuses them). Fingerprints start anew with
+# FINGERPRINT_VERSION 2: the validation split changed which images may be labeled.
+LATER_DEFAULTS: dict[str, object] = {}
+FINGERPRINT_VERSION = 2
 
 
 def fingerprint(config: RunConfig, data_checksum: str) -> str:
-    """Identity of a run's resolved configuration and data: equal fingerprints, interchangeable runs."""
+    """Identity of a run's resolved configuration and data: equal fingerprints, interchangeable runs.
+    A `cnn_tuned` run also depends on the space its recipe was searched in."""
     params = {k: v for k, v in config.as_params().items() if LATER_DEFAULTS.get(k, object()) != v}
-    payload = json.dumps({**params, "dataset_sha256": data_checksum}, sort_keys=True)
+    if config.method == "cnn_tuned":
+        params["search_space"] = TUNED_SEARCH_SPACE
+    payload = json.dumps({**params, "dataset_sha256": data_checksum, "version": FINGERPRINT_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,14 +1,20 @@
-"""Datasets and the labeled subset.
+"""Datasets, their identity, the validation split and the labeled subset.
 
 MNIST-like sets are read from `<name>.npz` in Keras' layout, from `$SGAN_DATA_DIR` or else Keras'
 cache, and downloaded with Keras' own loader when absent (unless `SGAN_OFFLINE=1`). `digits` is
 scikit-learn's bundled 8x8 set brought to 28x28, so a real dataset is always available offline.
+
+Data is identified by its content, never by the file's bytes: a hash of the arrays written as IDX
+files (the format MNIST is published in), so a re-saved or re-downloaded file keeps its identity, and
+MNIST is checked against the published checksums of its original files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,18 @@ from pipeline.config import NUM_CLASSES, ConfigError, validate_labels
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SHAPE = (28, 28, 1)
+VALIDATION_SIZE = 5000  # at most; a tenth of smaller training splits
+VALIDATION_SEED = 20160610  # fixed: one validation split per dataset, whatever the run's seed
+
+# MD5 of the original MNIST files (train-images-idx3-ubyte, ...), as published with the data set.
+PUBLISHED_MD5 = {
+    "mnist": {
+        "x_train": "6bbc9ace898e44ae57da46a324031adb",
+        "y_train": "a25bea736e30d166cdddb491f175f624",
+        "x_test": "2646ac647ad5339dbf082846283269ea",
+        "y_test": "27ae3e4e09519cfbb04c329615203637",
+    }
+}
 
 
 class DataError(RuntimeError):
@@ -34,9 +52,16 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    checksum: str  # sha256 of the source file (or of the arrays for `digits`)
+    checksum: str  # sha256 of the content (the arrays as IDX files), however the file was saved
     source: str
+    validation: np.ndarray  # indices into the training split, never labeled, never in the unlabeled pool
+    verified: str = "unverified"  # "published": matches the published checksums; "MISMATCH": does not
     num_classes: int = NUM_CLASSES
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Training indices open to training: every one but the validation split's."""
+        return np.setdiff1d(np.arange(len(self.y_train)), self.validation)
 
 
 def scale_pixels(images: np.ndarray) -> np.ndarray:
@@ -64,15 +89,50 @@ def load_dataset(name: str) -> Dataset:
         _download(name, path)
     arrays = _read_npz(path)
     validate_arrays(arrays, str(path))
+    return _dataset(name, arrays, str(path))
+
+
+def _dataset(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+    checksum, md5 = content_identity(arrays)
+    verified = "unverified"
+    if name in PUBLISHED_MD5:
+        verified = "published" if md5 == PUBLISHED_MD5[name] else "MISMATCH"
+        if verified == "MISMATCH":
+            print(
+                f"warning: {source} is not the published {name}: its arrays, written as IDX files, do not give "
+                f"the published checksums of the original files. Results on it are not {name} results.",
+                file=sys.stderr,
+            )
+    y_train = arrays["y_train"].astype(np.int64)
     return Dataset(
         name=name,
         x_train=scale_pixels(arrays["x_train"]),
-        y_train=arrays["y_train"].astype(np.int64),
+        y_train=y_train,
         x_test=scale_pixels(arrays["x_test"]),
         y_test=arrays["y_test"].astype(np.int64),
-        checksum=_sha256(path),
-        source=str(path),
+        checksum=checksum,
+        source=source,
+        validation=validation_split(y_train),
+        verified=verified,
     )
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The array as an IDX file of unsigned bytes: magic (0, 0, 8, ndim), big-endian sizes, data."""
+    if array.ndim == 4:  # (N, 28, 28, 1) is stored as (N, 28, 28)
+        array = array[..., 0]
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def content_identity(arrays: dict[str, np.ndarray]) -> tuple[str, dict[str, str]]:
+    """(sha256 of the four arrays as IDX files, in order; each array's IDX MD5)."""
+    digest, md5 = hashlib.sha256(), {}
+    for key in ARRAYS:
+        data = idx_bytes(arrays[key])
+        digest.update(data)
+        md5[key] = hashlib.md5(data).hexdigest()
+    return digest.hexdigest(), md5
 
 
 def _download(name: str, path: Path) -> None:
@@ -117,14 +177,6 @@ def validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
             raise DataError(f"{where}: y_{split} labels must lie in [0, {NUM_CLASSES}), got [{y.min()}, {y.max()}]")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_digits() -> Dataset:
     """scikit-learn's 8x8 digits (values 0-16), upsampled 3x and padded to 28x28, fixed 75/25 split."""
     from sklearn.datasets import load_digits
@@ -138,32 +190,47 @@ def _load_digits() -> Dataset:
     )
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     validate_arrays(arrays, "sklearn digits")
-    digest = hashlib.sha256(b"".join(np.ascontiguousarray(arrays[k]).tobytes() for k in ARRAYS))
-    return Dataset(
-        name="digits",
-        x_train=scale_pixels(x_train),
-        y_train=y_train.astype(np.int64),
-        x_test=scale_pixels(x_test),
-        y_test=y_test.astype(np.int64),
-        checksum=digest.hexdigest(),
-        source="sklearn.datasets.load_digits",
-    )
+    return _dataset("digits", arrays, "sklearn.datasets.load_digits")
 
 
-def labeled_subset(y: np.ndarray, labels: int, seed: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Class-balanced indices into the training split, drawn without replacement.
+def validation_split(y: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """A fixed, class-stratified set of training indices (sorted) for choosing hyper-parameters and
+    epochs: the same for every method and seed, never labeled, never in the unlabeled pool.
+    VALIDATION_SIZE images, or a tenth of a smaller training split; classes in proportion."""
+    size = min(VALIDATION_SIZE, len(y) // 10)
+    rng = np.random.default_rng(VALIDATION_SEED)
+    counts = np.bincount(y, minlength=num_classes)
+    share = counts * size / len(y)
+    per_class = np.floor(share).astype(int)
+    per_class[np.argsort(per_class - share)[: size - per_class.sum()]] += 1  # largest remainders
+    chosen = [rng.choice(np.flatnonzero(y == cls), per_class[cls], replace=False) for cls in range(num_classes)]
+    return np.sort(np.concatenate(chosen))
 
-    Depends only on (labels of the dataset, labels, seed), so every method run with the same seed
-    sees the same labeled images. When `labels` does not divide by the number of classes, the
+
+def labeled_subset(
+    y: np.ndarray,
+    labels: int,
+    seed: int,
+    num_classes: int = NUM_CLASSES,
+    excluded: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class-balanced indices into the training split, drawn without replacement from outside
+    `excluded` (the validation split).
+
+    Depends only on (labels of the dataset, excluded, labels, seed), so every method run with the same
+    seed sees the same labeled images. When `labels` does not divide by the number of classes, the
     remainder goes to classes chosen by the seed.
     """
     validate_labels(labels, num_classes)
     rng = np.random.default_rng([seed, labels])
     per_class = np.full(num_classes, labels // num_classes)
     per_class[rng.choice(num_classes, labels % num_classes, replace=False)] += 1
+    open_to_labels = np.ones(len(y), bool)
+    if excluded is not None:
+        open_to_labels[excluded] = False
     chosen = []
     for cls in range(num_classes):
-        pool = np.flatnonzero(y == cls)
+        pool = np.flatnonzero((y == cls) & open_to_labels)
         if per_class[cls] > len(pool):
             raise ConfigError(
                 f"labels={labels} needs {per_class[cls]} examples of class {cls}, "

@@ -23,31 +23,34 @@ class SGANModels:
     discriminator: keras.Model  # image -> [class_logits, aux]
     classifier: keras.Model  # image -> class probabilities (shares the discriminator's layers)
     generator: keras.Model | None  # latent -> image in [-1, 1]; None for the CNN baseline
+    features: keras.Model  # image -> the discriminator's last hidden features (shares its layers)
+    classifier_ema: keras.Model  # a separate classifier holding the moving average of the weights
 
 
-def discriminator_body(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    """Three stride-2 3x3 convolutions of 128 filters with LeakyReLU 0.2, then dropout 0.4."""
+def discriminator_body(inputs: keras.KerasTensor) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Three stride-2 3x3 convolutions of 128 filters with LeakyReLU 0.2, flattened (the hidden
+    features that feature matching compares), then dropout 0.4. Returns (features, dropped out)."""
     x = inputs
     for i in range(3):
         x = layers.Conv2D(128, 3, strides=2, padding="same", name=f"conv{i + 1}")(x)
         x = layers.LeakyReLU(0.2, name=f"lrelu{i + 1}")(x)
-    x = layers.Flatten(name="flatten")(x)
-    return layers.Dropout(0.4, name="dropout")(x)
+    features = layers.Flatten(name="flatten")(x)
+    return features, layers.Dropout(0.4, name="dropout")(features)
 
 
-def build_discriminator(variant: str, num_classes: int) -> tuple[keras.Model, keras.Model]:
-    """Return (discriminator, classifier); `variant="none"` builds the CNN baseline's classifier."""
+def build_discriminator(variant: str, num_classes: int) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """Return (discriminator, classifier, features); `variant="none"` builds a baseline's classifier."""
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    features = discriminator_body(inputs)
-    class_logits = layers.Dense(num_classes, name="class_logits")(features)
+    features, dropped = discriminator_body(inputs)
+    class_logits = layers.Dense(num_classes, name="class_logits")(dropped)
     outputs = [class_logits]
     if variant in ("two_head", "k_plus_one"):
         head = "real_fake_logit" if variant == "two_head" else "fake_class_logit"
-        outputs.append(layers.Dense(1, name=head)(features))
+        outputs.append(layers.Dense(1, name=head)(dropped))
     probabilities = layers.Softmax(name="class_probabilities", dtype="float32")(class_logits)
     discriminator = keras.Model(inputs, outputs, name="discriminator")
     classifier = keras.Model(inputs, probabilities, name="classifier")
-    return discriminator, classifier
+    return discriminator, classifier, keras.Model(inputs, features, name="features")
 
 
 class ImageConv2D(layers.Conv2D):
@@ -138,8 +141,10 @@ def build_models(
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        discriminator, classifier = build_discriminator(variant if method == "sgan" else "none", num_classes)
+        discriminator, classifier, features = build_discriminator(variant if method == "sgan" else "none", num_classes)
         generator = build_generator(latent_dim) if method == "sgan" else None
+        classifier_ema = build_discriminator("none", num_classes)[1]
     finally:
         keras.config.set_dtype_policy(previous)
-    return SGANModels(discriminator, classifier, generator)
+    classifier_ema.set_weights(classifier.get_weights())
+    return SGANModels(discriminator, classifier, generator, features, classifier_ema)

@@ -37,3 +37,11 @@ def unsupervised_loss(logit: tf.Tensor, is_real: bool) -> tf.Tensor:
 def generator_loss(fake_logit: tf.Tensor) -> tf.Tensor:
     """Non-saturating generator loss: make D call generated images real (the reference's GAN model)."""
     return unsupervised_loss(fake_logit, is_real=True)
+
+
+def feature_matching_loss(real_features: tf.Tensor, fake_features: tf.Tensor) -> tf.Tensor:
+    """Salimans et al. (2016): the mean squared difference between the batch means of the
+    discriminator's hidden features on real and on generated images. Only the generator learns from
+    it, so the real side is a constant."""
+    real_mean = tf.stop_gradient(tf.reduce_mean(real_features, axis=0))
+    return tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(fake_features, axis=0)))

@@ -1,4 +1,5 @@
-"""One tracked training run, end to end: validate, load, subset, train, log.
+"""One tracked training run, end to end: validate, load, subset, (for `cnn_tuned`: search a recipe),
+train, log.
 
 Everything that can be checked is checked before the MLflow run is created, so bad input never
 leaves a run behind; once the run exists, any failure marks it FAILED with the error as a tag.
@@ -6,6 +7,7 @@ leaves a run behind; once the run exists, any failure marks it FAILED with the e
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -13,19 +15,23 @@ from dataclasses import dataclass, field, replace
 import mlflow
 import numpy as np
 
-from pipeline.config import RunConfig
-from pipeline.data import labeled_subset, load_dataset
+from pipeline.config import RunConfig, fingerprint
+from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.tracking import (
     check_tracking_uri,
+    data_params,
     log_epoch,
     log_models,
     log_run_inputs,
     record_stop,
     run_destination,
 )
-from pipeline.training import fit, make_trainer
+from pipeline.training import TRACKS, History, fit, make_trainer
+from pipeline.tuning import SEARCH_SEED, SEARCH_SPACE, search_key, search_recipe
+
+SEARCH_TAG = "recipe_search_key"  # on a finished recipe search: what it depends on
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,16 @@ def train_run(
 ) -> RunResult:
     check_tracking_uri()
     dataset = load_dataset(config.dataset)
-    indices = labeled_subset(dataset.y_train, config.labels, config.seed, dataset.num_classes)
+    indices = labeled_subset(dataset.y_train, config.labels, config.seed, dataset.num_classes, dataset.validation)
     experiment, experiment_id = run_destination(config.experiment, experiment_given)
     config = replace(config, experiment=experiment)
+    config_fingerprint = fingerprint(config, dataset.checksum)
+    tags = {"method": config.method}
+    if config.method == "cnn_tuned":
+        recipe, tags["recipe_search_run_id"] = tuned_recipe(config, dataset, experiment_id, parent_run_id, verbose)
+        config = replace(config, **recipe)
     x_labeled, y_labeled = dataset.x_train[indices], dataset.y_train[indices]
+    splits = {"test": (dataset.x_test, dataset.y_test), "val": _validation(dataset)}
     # Fixed latent points, so the per-epoch grids show one generator evolving.
     latent = np.random.default_rng(config.seed).standard_normal((config.grid_size**2, config.latent_dim))
     latent = latent.astype(np.float32)
@@ -58,41 +70,40 @@ def train_run(
         experiment_id=experiment_id,
         run_name=config.run_name,
         parent_run_id=parent_run_id,
-        tags={"method": config.method},
+        tags=tags,
     ) as run:
         try:
-            log_run_inputs(config, dataset, indices)
+            log_run_inputs(config, dataset, indices, config_fingerprint)
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
                 raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
             started = time.perf_counter()
             models = build_models(
                 config.method, config.variant, dataset.num_classes, config.latent_dim, config.seed, config.precision
             )
-            trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train)
+            trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train[dataset.pool])
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
                 grid = image_grid(trainer.generate(latent), config.grid_size) if config.method == "sgan" else None
                 log_epoch(epoch, metrics, grid)
 
-            history = fit(trainer, dataset.x_test, dataset.y_test, on_epoch_end, verbose)
+            history = fit(trainer, splits, on_epoch_end, verbose)
             result = RunResult(
                 run_id=run.info.run_id,
                 experiment=config.experiment,
-                final_test_accuracy=history.last("test_accuracy"),
+                final_test_accuracy=history.chosen("test_accuracy"),
                 seconds=time.perf_counter() - started,
                 steps_per_second=history.steps / history.seconds,
                 models=models,
             )
             mlflow.log_metrics(
                 {
-                    "final_test_accuracy": result.final_test_accuracy,
-                    "final_labeled_accuracy": history.last("labeled_accuracy"),
+                    **final_metrics(history),
                     "train_seconds": history.seconds,
                     "wall_seconds": result.seconds,
                     "steps_per_second": result.steps_per_second,
                 }
             )
-            log_models(models.classifier, models.generator, dataset.x_test, latent)
+            log_models(models, dataset.x_test, latent)
         except BaseException as err:
             mlflow.flush_async_logging()  # what was logged before a failure is kept
             record_stop(err)
@@ -101,6 +112,88 @@ def train_run(
     if verbose:
         print(summary_line(config, result), flush=True)
     return result
+
+
+def _validation(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    return dataset.x_train[dataset.validation], dataset.y_train[dataset.validation]
+
+
+def final_metrics(history: History) -> dict[str, float]:
+    """The figures that count: each track's accuracies at its selected epoch (the last, or for
+    `cnn_tuned` the best validation epoch), and which epoch that was."""
+    final = {"final_labeled_accuracy": history.chosen("labeled_accuracy")}
+    for track in TRACKS:
+        final[f"final_test_accuracy{track}"] = history.chosen(f"test_accuracy{track}", track)
+        final[f"final_val_accuracy{track}"] = history.chosen(f"val_accuracy{track}", track)
+        final[f"selected_epoch{track}"] = history.selected[track]
+    return final
+
+
+def tuned_recipe(
+    config: RunConfig, dataset: Dataset, experiment_id: str, parent_run_id: str | None, verbose: bool
+) -> tuple[dict[str, object], str]:
+    """The recipe of `cnn_tuned` for this (dataset, protocol, label count, precision): from a finished
+    search in the experiment, else from a new one, logged as a run with one nested run per candidate.
+    Returns (recipe, the search's run id)."""
+    key = search_key(config, dataset.checksum)
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.{SEARCH_TAG} = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if found:
+        return json.loads(found[0].data.params["chosen_recipe"]), found[0].info.run_id
+    indices = labeled_subset(dataset.y_train, config.labels, SEARCH_SEED, dataset.num_classes, dataset.validation)
+    name = f"cnn_tuned-search-{config.dataset}-L{config.labels}"
+    done = 0
+
+    def on_candidate(recipe: dict[str, object], history: History) -> None:
+        nonlocal done
+        done += 1
+        best = history.selected[""]
+        with mlflow.start_run(run_name=f"{name}-{done}", nested=True, tags={"search_candidate": "true"}):
+            mlflow.log_params({**recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
+            for epoch in range(1, len(history.metrics["val_accuracy"]) + 1):
+                mlflow.log_metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)
+            mlflow.log_metrics({"best_val_accuracy": history.metrics["val_accuracy"][best - 1], "best_epoch": best})
+        if verbose:
+            chosen = ", ".join(f"{k}={v}" for k, v in recipe.items())
+            score = history.metrics["val_accuracy"][best - 1]
+            print(f"search {done}: {chosen}: best validation accuracy {score:.4f} at epoch {best}", flush=True)
+
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        tags={SEARCH_TAG: key, "recipe_search": "true"},
+    ) as search:
+        mlflow.log_params(
+            {
+                "labels": config.labels,
+                "dataset": config.dataset,
+                "protocol": config.protocol,
+                "precision": config.precision,
+                "search_space": json.dumps(SEARCH_SPACE),
+                "search_seed": SEARCH_SEED,
+                "max_epochs": config.train_epochs,
+                **data_params(dataset),
+            }
+        )
+        recipe, candidates = search_recipe(
+            config,
+            dataset.x_train[indices],
+            dataset.y_train[indices],
+            dataset.x_train[dataset.pool],
+            *_validation(dataset),
+            on_candidate,
+        )
+        table = [{**c.recipe, "best_val_accuracy": c.score, "best_epoch": c.best_epoch} for c in candidates]
+        mlflow.log_dict({"candidates": table, "chosen": recipe}, "search.json")
+        mlflow.log_param("chosen_recipe", json.dumps(recipe))
+        mlflow.log_metric("best_val_accuracy", max(c.score for c in candidates))
+    return recipe, search.info.run_id
 
 
 def summary_line(config: RunConfig, result: RunResult) -> str:

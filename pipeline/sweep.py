@@ -9,6 +9,7 @@ sweep started again reruns only what did not finish.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -69,23 +70,35 @@ def plan_trials(
     seeds: list[int],
     dataset: str,
     profile: str,
-    variant: str,
+    variants: list[str],
     epochs: int | None,
     experiment: str,
     steps_per_epoch: int | None = None,
     precision: str = "float32",
+    generator_losses: list[str] = ("non_saturating",),
 ) -> list[Trial]:
-    """Validate the whole grid, data included, before anything trains. Trials are ordered so that
-    the methods of one (labels, seed) pair run back to back: partial sweeps stay paired."""
+    """Validate the whole grid, data included, before anything trains. An SGAN trial is made for
+    every variant x generator loss (each its own arm). Trials are ordered label count by label count
+    in the order given, then seed by seed, so that the arms of one (labels, seed) run back to back:
+    partial sweeps stay paired."""
+    recipes = [
+        (method, variant, loss)
+        for method in methods
+        for variant, loss in (
+            itertools.product(variants, generator_losses) if method == "sgan" else [(variants[0], generator_losses[0])]
+        )
+    ]
     configs = [
-        resolve_config(method, dataset, count, seed, profile, variant, epochs, steps_per_epoch, experiment, precision)
+        resolve_config(
+            method, dataset, count, seed, profile, variant, epochs, steps_per_epoch, experiment, precision, loss
+        )
         for count in labels
         for seed in seeds
-        for method in methods
+        for method, variant, loss in recipes
     ]
     data = load_dataset(dataset)
-    for count in labels:
-        labeled_subset(data.y_train, count, 0, data.num_classes)  # rejects counts a class cannot supply
+    for count in labels:  # rejects counts a class cannot supply outside the validation split
+        labeled_subset(data.y_train, count, 0, data.num_classes, data.validation)
     return [Trial(config, fingerprint(config, data.checksum)) for config in configs]
 
 
@@ -106,7 +119,9 @@ def trial_command(config: RunConfig, parent_run_id: str) -> list[str]:
     command += ["--labels", str(config.labels), "--seed", str(config.seed), "--profile", config.profile]
     command += ["--epochs", str(config.epochs), "--steps-per-epoch", str(config.steps_per_epoch)]
     command += ["--experiment", config.experiment, "--parent-run-id", parent_run_id, "--precision", config.precision]
-    return command + (["--variant", config.variant] if config.method == "sgan" else [])
+    if config.method == "sgan":
+        command += ["--variant", config.variant, "--generator-loss", config.generator_loss]
+    return command
 
 
 def _outcome(trial: Trial, status: str, run_id: str | None, reused: bool, seconds: float = 0.0) -> Outcome:

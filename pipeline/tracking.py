@@ -3,6 +3,7 @@ and the logged models."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -13,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from pipeline.config import ConfigError, RunConfig, fingerprint
+from pipeline.config import ConfigError, RunConfig
 from pipeline.data import Dataset, class_counts
-from pipeline.models import portable_generator
+from pipeline.models import SGANModels, portable_generator
 
 IMAGE_KEY = "generated_images"
 FINGERPRINT_TAG = "config_fingerprint"  # what a sweep matches to reuse a finished run
@@ -88,16 +89,30 @@ def log_new_params(params: dict[str, object]) -> None:
     mlflow.log_params({key: value for key, value in params.items() if key not in already})
 
 
-def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> None:
-    """Every resolved setting, the data's identity, and which training images carry labels."""
-    counts = class_counts(dataset.y_train[indices], dataset.num_classes)
-    params = {
-        **config.as_params(),
+def data_params(dataset: Dataset) -> dict[str, object]:
+    """The data's identity (its content), where it came from, and how its training split is used."""
+    validation = np.ascontiguousarray(dataset.validation, dtype=np.int64)
+    return {
         "dataset_sha256": dataset.checksum,
+        "dataset_verified": dataset.verified,
         "dataset_source": dataset.source,
         "train_size": len(dataset.x_train),
         "test_size": len(dataset.x_test),
-        "unlabeled_pool_size": len(dataset.x_train),
+        "validation_size": len(validation),
+        "validation_sha256": hashlib.sha256(validation.tobytes()).hexdigest(),
+        "unlabeled_pool_size": len(dataset.pool),
+    }
+
+
+def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray, config_fingerprint: str) -> None:
+    """Every resolved setting, the data's identity, and which training images carry labels.
+    `config_fingerprint` is the identity of the run as asked for (a `cnn_tuned` run's recipe is
+    filled in later by its search, so its fingerprint is that of the request)."""
+    counts = class_counts(dataset.y_train[indices], dataset.num_classes)
+    params = {
+        **config.as_params(),
+        **data_params(dataset),
+        "protocol": config.protocol,
         "labels_per_class": ",".join(map(str, counts)),
         "git_commit": git_commit(),
         **versions(),
@@ -108,11 +123,19 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> 
             "method": config.method,
             "variant": config.variant,
             "dataset": config.dataset,
-            FINGERPRINT_TAG: fingerprint(config, dataset.checksum),
+            "arm": config.arm,
+            "protocol": config.protocol,
+            FINGERPRINT_TAG: config_fingerprint,
         }
     )
     mlflow.log_dict(
-        {"indices": indices.tolist(), "labels_per_class": counts, "labels": config.labels, "seed": config.seed},
+        {
+            "indices": indices.tolist(),
+            "labels_per_class": counts,
+            "labels": config.labels,
+            "seed": config.seed,
+            "validation_indices": dataset.validation.tolist(),
+        },
         "labeled_subset.json",
     )
 
@@ -137,24 +160,26 @@ def _requirements() -> list[str]:
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
-def log_models(classifier: keras.Model, generator: keras.Model | None, images: np.ndarray, latent: np.ndarray) -> None:
-    """The classifier (images in [-1, 1], shape (N, 28, 28, 1) -> class probabilities) and the
-    generator (latent (N, latent_dim) -> images in [-1, 1]), with signatures and input examples.
+def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray) -> None:
+    """The classifier and its moving average `classifier_ema` (images in [-1, 1], shape (N, 28, 28, 1)
+    -> class probabilities) and the generator (latent (N, latent_dim) -> images in [-1, 1]), with
+    signatures and input examples.
 
     Logged through `mlflow.tensorflow`, which saves Keras 3 models in the native `.keras` format:
     `mlflow.keras.log_model` crashes when given an input example (MLflow issue #16183). The generator
     is logged as its stock-layer copy, so it loads without this package installed.
     """
-    models = [("classifier", classifier, images[:2].astype(np.float32))]
-    if generator is not None:
-        models.append(("generator", portable_generator(generator), latent[:2].astype(np.float32)))
+    example = images[:2].astype(np.float32)
+    logged = [("classifier", models.classifier, example), ("classifier_ema", models.classifier_ema, example)]
+    if models.generator is not None:
+        logged.append(("generator", portable_generator(models.generator), latent[:2].astype(np.float32)))
     keras.config.disable_interactive_logging()  # MLflow's example checks would print progress bars
     try:
-        for name, model, example in models:
+        for name, model, example in logged:
             mlflow.tensorflow.log_model(
                 model,
                 name=name,
-                signature=infer_signature(example, model.predict(example, verbose=0)),
+                signature=infer_signature(example, np.asarray(model(example, training=False))),
                 input_example=example,
                 pip_requirements=_requirements(),
             )

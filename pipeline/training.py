@@ -3,7 +3,8 @@
 Steps are explicit `tf.GradientTape` updates: the Keras 2 recipe of compiling a discriminator and then
 freezing it inside a composite GAN model trains nothing in Keras 3. Data lives on the device as
 constants and batches are drawn on the graph, and `train_steps(n)` runs n steps in one call so the
-host is not consulted between steps.
+host is not consulted between steps. After every step an exponential moving average (EMA) of the
+classifier's weights is updated; both the raw and the averaged classifier are evaluated each epoch.
 """
 
 from __future__ import annotations
@@ -19,13 +20,53 @@ import tensorflow as tf
 
 from pipeline.config import RunConfig
 from pipeline.models import SGANModels
-from pipeline.objectives import generator_loss, real_logit, supervised_loss, unsupervised_loss
+from pipeline.objectives import (
+    feature_matching_loss,
+    generator_loss,
+    real_logit,
+    supervised_loss,
+    unsupervised_loss,
+)
 
 STEPS_PER_CALL = 10  # steps per graph call: few host round trips, yet a lively progress bar
+MAX_SHIFT = 2  # pixels, for `augment="shift"`
 
 
 def make_optimizer(config: RunConfig) -> keras.optimizers.Optimizer:
+    if config.weight_decay:
+        return keras.optimizers.AdamW(
+            learning_rate=config.learning_rate, beta_1=config.beta_1, weight_decay=config.weight_decay
+        )
     return keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1)
+
+
+class MovingAverage:
+    """target <- d * target + (1 - d) * source after every step, with the warm-up of TensorFlow's
+    `ExponentialMovingAverage(num_updates=...)`: d = min(decay, (1 + t) / (10 + t)), so early steps
+    are not dominated by the random initial weights."""
+
+    def __init__(self, source: keras.Model, target: keras.Model, decay: float):
+        self.pairs = list(zip(source.weights, target.weights, strict=True))
+        self.decay = decay
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
+
+    def update(self) -> None:
+        t = tf.cast(self.updates, tf.float32)
+        decay = tf.minimum(self.decay, (1.0 + t) / (10.0 + t))
+        for source, target in self.pairs:
+            target.assign(decay * target + (1.0 - decay) * tf.cast(source, target.dtype))
+        self.updates.assign_add(1)
+
+
+def shift_images(images: tf.Tensor, rng: tf.random.Generator, max_shift: int = MAX_SHIFT) -> tf.Tensor:
+    """Translate each image by its own random offset of up to `max_shift` pixels in each direction,
+    filling with the background (-1): the classic augmentation for digits."""
+    size = images.shape[1]
+    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]], constant_values=-1.0)
+    offsets = rng.uniform([tf.shape(images)[0], 2], 0, 2 * max_shift + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(size)[None, :]
+    cols = offsets[:, 1:] + tf.range(size)[None, :]
+    return tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
 def _apply(optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss, variables) -> None:
@@ -48,8 +89,12 @@ class Trainer:
         self.x_unlabeled = tf.constant(x_unlabeled, tf.float32)
         self.supervised_optimizer = make_optimizer(config)
         self.supervised_optimizer.build(models.discriminator.trainable_variables)
+        self.average = MovingAverage(models.classifier, models.classifier_ema, config.ema_decay)
         self._run_steps = tf.function(self._steps)
-        self._predict = tf.function(self._classes, reduce_retracing=True)
+        self._predictors = {
+            "": tf.function(lambda x: self._classes(models.classifier, x), reduce_retracing=True),
+            "_ema": tf.function(lambda x: self._classes(models.classifier_ema, x), reduce_retracing=True),
+        }
 
     def _discriminate(self, x: tf.Tensor, training: bool) -> list[tf.Tensor]:
         """[class_logits, aux?] in float32 (losses stay float32 under mixed precision); Keras returns a
@@ -63,6 +108,8 @@ class Trainer:
     def _supervised_update(self) -> tf.Tensor:
         idx = self._sample(self.x_labeled, self.config.half_batch)
         x, y = tf.gather(self.x_labeled, idx), tf.gather(self.y_labeled, idx)
+        if self.config.augment == "shift":
+            x = shift_images(x, self.rng)
         variables = self.models.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             loss = supervised_loss(y, self._discriminate(x, training=True)[0])
@@ -72,10 +119,14 @@ class Trainer:
     def _step(self) -> list[tf.Tensor]:
         return [self._supervised_update()]
 
+    def _after_step(self) -> None:
+        self.average.update()
+
     def _steps(self, n: tf.Tensor) -> tf.Tensor:
         total = tf.zeros([len(self.loss_names)])
         for _ in tf.range(n):
             total += tf.stack(self._step())
+            self._after_step()
         return total / tf.cast(n, tf.float32)
 
     def train_steps(self, n: int) -> dict[str, float]:
@@ -83,14 +134,16 @@ class Trainer:
         means = self._run_steps(tf.constant(n, tf.int32)).numpy()
         return dict(zip(self.loss_names, means.tolist(), strict=True))
 
-    def _classes(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.argmax(self._discriminate(x, training=False)[0], axis=-1)
+    @staticmethod
+    def _classes(classifier: keras.Model, x: tf.Tensor) -> tf.Tensor:
+        return tf.argmax(classifier(x, training=False), axis=-1)
 
-    def accuracy(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor) -> float:
-        """Classification accuracy over all of (x, y), in batches."""
-        size = self.config.eval_batch_size
+    def accuracy(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor, suffix: str = "") -> float:
+        """Classification accuracy over all of (x, y), in batches, of the raw classifier (suffix "")
+        or of its moving average ("_ema")."""
+        size, predict = self.config.eval_batch_size, self._predictors[suffix]
         correct = sum(
-            int(tf.reduce_sum(tf.cast(self._predict(x[i : i + size]) == y[i : i + size], tf.int32)))
+            int(tf.reduce_sum(tf.cast(predict(x[i : i + size]) == y[i : i + size], tf.int32)))
             for i in range(0, len(x), size)
         )
         return correct / len(x)
@@ -120,6 +173,9 @@ class SGANTrainer(Trainer):
         _apply(self.unsupervised_optimizer, tape, loss, variables)
         return loss
 
+    def _features(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.models.features(x, training=True), tf.float32)
+
     def _latent(self, n: int) -> tf.Tensor:
         return self.rng.normal([n, self.config.latent_dim])
 
@@ -131,7 +187,11 @@ class SGANTrainer(Trainer):
         loss_real = self._unsupervised_update(real, is_real=True)
         loss_fake = self._unsupervised_update(generator(self._latent(half), training=False), is_real=False)
         with tf.GradientTape() as tape:
-            loss_gen = generator_loss(self._real_logit(generator(self._latent(self.config.batch_size), training=True)))
+            fake = generator(self._latent(self.config.batch_size), training=True)
+            if self.config.generator_loss == "feature_matching":
+                loss_gen = feature_matching_loss(self._features(real), self._features(fake))
+            else:
+                loss_gen = generator_loss(self._real_logit(fake))
         _apply(self.generator_optimizer, tape, loss_gen, generator.trainable_variables)
         return [loss_sup, loss_real, loss_fake, loss_gen]
 
@@ -144,13 +204,19 @@ def make_trainer(config: RunConfig, models: SGANModels, x_labeled, y_labeled, x_
     return cls(config, models, x_labeled, y_labeled, x_unlabeled)
 
 
+Split = tuple[np.ndarray, np.ndarray]
+TRACKS = ("", "_ema")  # the raw classifier and its moving average
+
+
 @dataclass
 class History:
-    """Per-epoch metrics, keyed by metric name, one value per epoch."""
+    """Per-epoch metrics, keyed by metric name, one value per epoch; and per track the epoch that
+    counts (the last, or the one with the best validation accuracy)."""
 
     metrics: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     steps: int = 0
+    selected: dict[str, int] = field(default_factory=dict)  # track suffix -> epoch (from 1)
 
     def add(self, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -159,28 +225,67 @@ class History:
     def last(self, name: str) -> float:
         return self.metrics[name][-1]
 
+    def chosen(self, name: str, track: str = "") -> float:
+        """The metric at the epoch that counts for `track`."""
+        return self.metrics[name][self.selected[track] - 1]
+
 
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
+class EpochSelection:
+    """Keeps, per track, the weights of the epoch with the best validation accuracy (the first such
+    epoch on ties) and puts them back at the end. Only validation figures are read."""
+
+    def __init__(self, trainer: Trainer):
+        self.models = {"": trainer.models.discriminator, "_ema": trainer.models.classifier_ema}
+        self.best: dict[str, tuple[float, int, list[np.ndarray]]] = {}
+
+    def observe(self, epoch: int, metrics: dict[str, float]) -> None:
+        for track, model in self.models.items():
+            score = metrics[f"val_accuracy{track}"]
+            if track not in self.best or score > self.best[track][0]:
+                self.best[track] = (score, epoch, model.get_weights())
+
+    def restore(self) -> dict[str, int]:
+        for track, model in self.models.items():
+            model.set_weights(self.best[track][2])
+        return {track: best[1] for track, best in self.best.items()}
+
+
+def evaluate(trainer: Trainer, splits: dict[str, Split]) -> dict[str, float]:
+    """`<split>_accuracy` and `<split>_accuracy_ema` for each split, and the raw classifier's accuracy
+    on its own labeled subset (`labeled_accuracy`, a training-set figure, named as such)."""
+    metrics = {}
+    for name, (x, y) in splits.items():
+        for track in TRACKS:
+            metrics[f"{name}_accuracy{track}"] = trainer.accuracy(x, y, track)
+    metrics["labeled_accuracy"] = trainer.accuracy(trainer.x_labeled, trainer.y_labeled)
+    return metrics
+
+
 def fit(
     trainer: Trainer,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
+    splits: dict[str, Split],
     on_epoch_end: EpochHook | None = None,
     verbose: bool = True,
 ) -> History:
-    """Train for the configured epochs; after each, measure test accuracy on the whole test split
-    (the reported figure) and accuracy on the labeled subset (a training-set figure, named as such)."""
+    """Train for the configured epochs, evaluating every split after each (`test`: the whole test
+    split, the reported figure; `val`: the validation split, the only one anything is chosen by).
+
+    With `select_epoch="best_validation"` the networks end with the weights of their best validation
+    epoch (per track) and `History.selected` says which; otherwise the last epoch counts."""
     config = trainer.config
+    selection = EpochSelection(trainer) if config.select_epoch == "best_validation" else None
+    if selection is not None and "val" not in splits:
+        raise ValueError("select_epoch='best_validation' needs a 'val' split")
+    shown = [f"{split}_accuracy" for split in splits if split in ("test", "val")] + ["labeled_accuracy"]
     history = History()
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, config.train_epochs + 1):
         if verbose:
-            print(f"Epoch {epoch}/{config.epochs}", flush=True)
-        bar = keras.utils.Progbar(
-            config.steps_per_epoch, stateful_metrics=["test_acc", "labeled_acc"], verbose=1 if verbose else 0
-        )
+            print(f"Epoch {epoch}/{config.train_epochs}", flush=True)
+        bar = keras.utils.Progbar(config.steps_per_epoch, stateful_metrics=shown, verbose=1 if verbose else 0)
         done, sums = 0, dict.fromkeys(trainer.loss_names, 0.0)
         while done < config.steps_per_epoch:
             n = min(STEPS_PER_CALL, config.steps_per_epoch - done)
@@ -192,15 +297,16 @@ def fit(
                 bar.update(done, values=list(losses.items()))
         history.steps += config.steps_per_epoch
         metrics = {name: total / config.steps_per_epoch for name, total in sums.items()}
-        metrics["test_accuracy"] = trainer.accuracy(x_test, y_test)
-        metrics["labeled_accuracy"] = trainer.accuracy(trainer.x_labeled, trainer.y_labeled)
-        accuracies = [("test_acc", metrics["test_accuracy"]), ("labeled_acc", metrics["labeled_accuracy"])]
-        bar.update(done, values=[*losses.items(), *accuracies])
+        metrics.update(evaluate(trainer, splits))
+        bar.update(done, values=[*losses.items(), *[(name, metrics[name]) for name in shown]])
         history.add(metrics)
+        if selection is not None:
+            selection.observe(epoch, metrics)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
         if not np.isfinite(list(metrics.values())).all():
             raise FloatingPointError(f"training diverged at epoch {epoch}: {metrics}")
     history.seconds = time.perf_counter() - started
+    history.selected = selection.restore() if selection else dict.fromkeys(TRACKS, config.train_epochs)
     sys.stdout.flush()
     return history
