@@ -153,7 +153,9 @@ def tuned_recipe(
         nonlocal done
         done += 1
         best = history.selected[""]
-        with mlflow.start_run(run_name=f"{name}-{done}", nested=True, tags={"search_candidate": "true"}):
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{name}-{done}", nested=True, tags={"search_candidate": "true"}
+        ):
             mlflow.log_params({**recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
             for epoch in range(1, len(history.metrics["val_accuracy"]) + 1):
                 mlflow.log_metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)

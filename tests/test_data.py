@@ -9,7 +9,8 @@ from pipeline.data import DataError, class_counts, labeled_subset, load_dataset
 
 from .conftest import SHARED_DATA
 
-MNIST_SHA256 = "06af5dfe73b70e3bc1c36439982b18a8d76803db9b544f6fdf838a37fbb01b64"
+# The content identity of MNIST: sha256 of its four arrays written as IDX files (not of the .npz's bytes)
+MNIST_CONTENT_SHA256 = "b2d8f5bf39174ee5ffeefa97e42d673c35432b411bb5d1f74fbbeddae7f1690a"
 
 
 def test_digits_is_28x28_scaled_and_split_the_same_way_every_time():
@@ -26,7 +27,7 @@ def test_digits_is_28x28_scaled_and_split_the_same_way_every_time():
 def test_mnist_loads_from_the_data_dir_with_its_checksum():
     mnist = load_dataset("mnist")
     assert mnist.x_train.shape == (60000, 28, 28, 1) and mnist.x_test.shape == (10000, 28, 28, 1)
-    assert mnist.checksum == MNIST_SHA256
+    assert mnist.checksum == MNIST_CONTENT_SHA256 and mnist.verified == "published"
     assert mnist.source == str(SHARED_DATA / "mnist.npz")
     assert class_counts(mnist.y_test) == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert -1.0 <= mnist.x_train.min() < mnist.x_train.max() <= 1.0
@@ -52,11 +53,29 @@ def test_labeled_subset_depends_only_on_labels_and_seed():
 
 
 def test_labeled_subset_rejects_impossible_counts():
-    y = load_dataset("digits").y_train
+    data = load_dataset("digits")
     with pytest.raises(ConfigError, match="labels=5 is below the number of classes"):
-        labeled_subset(y, 5, 0)
+        labeled_subset(data.y_train, 5, 0)
     with pytest.raises(ConfigError, match="training split has only"):
-        labeled_subset(y, 1340, 0)
+        labeled_subset(data.y_train, 1340, 0)
+    labeled_subset(data.y_train, 1200, 0)  # possible from the whole split, not once validation is held out
+    with pytest.raises(ConfigError, match="training split has only"):
+        labeled_subset(data.y_train, 1200, 0, excluded=data.validation)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_validation_split_is_fixed_stratified_and_apart_from_labels_and_pool(name):
+    data, again = load_dataset(name), load_dataset(name)
+    np.testing.assert_array_equal(data.validation, again.validation)
+    assert len(data.validation) == min(5000, len(data.y_train) // 10) == len(np.unique(data.validation))
+    share = np.bincount(data.y_train[data.validation], minlength=10) / len(data.validation)
+    np.testing.assert_allclose(share, np.bincount(data.y_train, minlength=10) / len(data.y_train), atol=0.01)
+    assert len(data.pool) + len(data.validation) == len(data.y_train)
+    assert not set(data.pool) & set(data.validation)
+    for labels in (10, 25, 100):
+        for seed in range(3):
+            idx = labeled_subset(data.y_train, labels, seed, excluded=data.validation)
+            assert not set(idx) & set(data.validation) and set(idx) <= set(data.pool)
 
 
 def _write(folder: Path, **arrays) -> Path:
@@ -108,9 +127,33 @@ def test_wrong_file_contents_are_rejected_with_the_path(tmp_path, monkeypatch, c
     assert str(path) in str(err.value)
 
 
-def test_a_valid_small_file_loads_and_is_checksummed(tmp_path, monkeypatch):
-    path = _write(tmp_path, **_good_arrays())
+def test_a_valid_small_file_loads_and_is_identified_by_content_not_as_mnist(tmp_path, monkeypatch, capfd):
+    arrays = _good_arrays()
+    _write(tmp_path, **arrays)
     monkeypatch.setenv("SGAN_DATA_DIR", str(tmp_path))
     data = load_dataset("mnist")
-    assert data.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
+    idx = b"".join(
+        bytes([0, 0, 8, a.ndim]) + b"".join(n.to_bytes(4, "big") for n in a.shape) + a.astype(np.uint8).tobytes()
+        for a in (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    )
+    assert data.checksum == hashlib.sha256(idx).hexdigest()
     assert data.x_train.shape == (20, 28, 28, 1)
+    assert data.verified == "MISMATCH"
+    assert f"warning: {tmp_path / 'mnist.npz'} is not the published mnist" in capfd.readouterr().err
+
+
+def test_the_same_data_saved_differently_keeps_its_identity(tmp_path, monkeypatch):
+    """What a download re-saved with another time stamp, compression, dtype or shape gives."""
+    with np.load(SHARED_DATA / "mnist.npz") as full:
+        arrays = {key: full[key] for key in full.files}
+    np.savez(tmp_path / "mnist.npz", **{**arrays, "y_train": arrays["y_train"].astype(np.int64)})
+    resaved_folder = tmp_path / "other"
+    resaved_folder.mkdir()
+    np.savez_compressed(resaved_folder / "mnist.npz", **{**arrays, "x_test": arrays["x_test"][..., None]})
+    assert (tmp_path / "mnist.npz").read_bytes() != (resaved_folder / "mnist.npz").read_bytes()
+    identities = set()
+    for folder in (tmp_path, resaved_folder, SHARED_DATA):
+        monkeypatch.setenv("SGAN_DATA_DIR", str(folder))
+        data = load_dataset("mnist")
+        identities.add((data.checksum, data.verified))
+    assert identities == {(MNIST_CONTENT_SHA256, "published")}

@@ -45,21 +45,36 @@ def test_sgan_run_logs_params_tags_and_per_epoch_metrics(sgan_run):
     assert params["labels"] == "25" and params["seed"] == "1" and params["variant"] == "stacked"
     assert params["num_epochs"] == "3" and params["steps_per_epoch"] == "5" and params["profile"] == "smoke"
     assert params["dataset_sha256"] == load_dataset("digits").checksum
+    assert params["validation_size"] == "134" and params["unlabeled_pool_size"] == str(1347 - 134)
+    assert params["generator_loss"] == "non_saturating" and params["ema_decay"] == "0.999"
+    assert run.data.tags["arm"] == "sgan stacked" and run.data.tags["protocol"] == "smoke 3x5"
     assert {"tensorflow_version", "keras_version", "mlflow_version", "git_commit"} <= set(params)
     assert sorted(map(int, params["labels_per_class"].split(","))) == [2] * 5 + [3] * 5
-    for key in ["test_accuracy", "labeled_accuracy", *SGAN_LOSSES]:
+    for key in [
+        "test_accuracy",
+        "test_accuracy_ema",
+        "val_accuracy",
+        "val_accuracy_ema",
+        "labeled_accuracy",
+        *SGAN_LOSSES,
+    ]:
         history = _history(result.run_id, key)
         assert [step for step, _ in history] == [1, 2, 3], key
         assert all(np.isfinite(value) for _, value in history)
     assert run.data.metrics["final_test_accuracy"] == _history(result.run_id, "test_accuracy")[-1][1]
     assert run.data.metrics["final_test_accuracy"] == result.final_test_accuracy
+    metrics = run.data.metrics
+    assert metrics["final_test_accuracy_ema"] == _history(result.run_id, "test_accuracy_ema")[-1][1]
+    assert metrics["final_val_accuracy_ema"] == _history(result.run_id, "val_accuracy_ema")[-1][1]
+    assert metrics["selected_epoch"] == metrics["selected_epoch_ema"] == 3  # an SGAN reports its last epoch
     assert run.data.metrics["steps_per_second"] > 0 and run.data.metrics["wall_seconds"] > 0
 
 
 def test_sgan_run_logs_the_subset_and_one_image_grid_per_epoch(sgan_run, tmp_path):
     config, result = sgan_run
     subset = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/labeled_subset.json")
-    expected = labeled_subset(load_dataset("digits").y_train, 25, 1)
+    digits = load_dataset("digits")
+    expected = labeled_subset(digits.y_train, 25, 1, excluded=digits.validation)
     assert subset["indices"] == expected.tolist()
     images = mlflow.artifacts.list_artifacts(run_id=result.run_id, artifact_path="images")
     pngs = [f.path for f in images if f.path.endswith(".png")]
@@ -70,7 +85,7 @@ def test_sgan_run_logs_the_subset_and_one_image_grid_per_epoch(sgan_run, tmp_pat
 def test_logged_classifier_reloads_with_the_same_predictions(sgan_run):
     _, result = sgan_run
     models = _models(result.run_id)
-    assert set(models) == {"classifier", "generator"}
+    assert set(models) == {"classifier", "classifier_ema", "generator"}
     x = load_dataset("digits").x_test[:16]
     reloaded = mlflow.pyfunc.load_model(models["classifier"].model_uri)
     expected = result.models.classifier.predict(x, verbose=0)
@@ -116,7 +131,7 @@ def test_cnn_run_on_an_mnist_slice_pairs_with_the_sgan_subset(store, mnist_slice
     cnn = mlflow.get_run(results["cnn"].run_id)
     assert cnn.data.tags["method"] == "cnn" and cnn.data.params["test_size"] == "1000"
     assert "loss_generator" not in cnn.data.metrics and "loss_supervised" in cnn.data.metrics
-    assert set(_models(results["cnn"].run_id)) == {"classifier"}
+    assert set(_models(results["cnn"].run_id)) == {"classifier", "classifier_ema"}
     assert mlflow.get_experiment(cnn.info.experiment_id).name == "mnist-smoke"
 
 
@@ -184,3 +199,53 @@ def test_cli_run_prints_progress_and_a_summary(store):
     assert summary.startswith("cnn-digits-L20-s0: final test accuracy ")
     (run,) = mlflow.search_runs(experiment_names=["digits-smoke"], output_format="list")
     assert run.info.run_id in summary and run.data.params["labels"] == "20"
+
+
+def _permuted_test_labels(source, folder):
+    folder.mkdir()
+    with np.load(source / "mnist.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["y_test"] = np.random.default_rng(0).permutation(arrays["y_test"])
+    np.savez(folder / "mnist.npz", **arrays)
+    return folder
+
+
+def test_cnn_tuned_searches_on_validation_only_and_reports_its_best_validation_epoch(
+    mnist_slice_dir, tmp_path, monkeypatch
+):
+    """The search and the epoch choice never read the test split: with the test labels shuffled they
+    choose exactly the same; only the reported test figure changes."""
+    outcomes = {}
+    for name, folder in [
+        ("original", mnist_slice_dir),
+        ("shuffled", _permuted_test_labels(mnist_slice_dir, tmp_path / "shuffled-data")),
+    ]:
+        monkeypatch.setenv("SGAN_DATA_DIR", str(folder))
+        (tmp_path / name).mkdir()
+        with tracking_store(tmp_path / name):
+            config = resolve_config("cnn_tuned", "mnist", labels=50, seed=1, profile="smoke")
+            result = train_run(config, verbose=False)
+            run = mlflow.get_run(result.run_id)
+            search_id = run.data.tags["recipe_search_run_id"]
+            search = mlflow.artifacts.load_dict(f"runs:/{search_id}/search.json")
+            candidates = mlflow.search_runs(
+                experiment_ids=[run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{search_id}'"
+            )
+            val_curve = [v for _, v in _history(result.run_id, "val_accuracy")]
+            test_curve = [v for _, v in _history(result.run_id, "test_accuracy")]
+            outcomes[name] = (run, search, candidates, val_curve, test_curve)
+    run, search, candidates, val_curve, test_curve = outcomes["original"]
+    assert run.info.status == "FINISHED" and run.data.tags["arm"] == "cnn_tuned"
+    assert len(search["candidates"]) == len(candidates) == 4 and set(candidates.status) == {"FINISHED"}
+    best = max(search["candidates"], key=lambda c: c["best_val_accuracy"])
+    assert search["chosen"] == {k: best[k] for k in search["chosen"]}
+    for key, value in search["chosen"].items():  # the run trained with the chosen recipe
+        assert run.data.params[key] == str(value)
+    assert len(val_curve) == 6  # three times the protocol's two epochs
+    assert run.data.metrics["selected_epoch"] == int(np.argmax(val_curve)) + 1
+    assert run.data.metrics["final_test_accuracy"] == test_curve[int(run.data.metrics["selected_epoch"]) - 1]
+    shuffled_run, shuffled_search, _, shuffled_val, _ = outcomes["shuffled"]
+    assert shuffled_search == search and shuffled_val == val_curve
+    assert shuffled_run.data.metrics["selected_epoch"] == run.data.metrics["selected_epoch"]
+    assert shuffled_run.data.metrics["final_test_accuracy"] != run.data.metrics["final_test_accuracy"]
+    assert shuffled_run.data.params["dataset_sha256"] != run.data.params["dataset_sha256"]  # other content
