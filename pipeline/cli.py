@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
     sub.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or MLflow's default")
     sub.add_argument("--commentary", default="", help="text file of findings to include (paragraphs)")
+    sub.add_argument(
+        "--metric", default="final", help="final (raw classifier, default) or ema (moving average of its weights)"
+    )
     sub = commands.add_parser("bench", help="time SGAN training steps: ours vs the classic Keras reference")
     sub.add_argument("--dataset", default="mnist", help="data the steps draw from (default mnist)")
     sub.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
@@ -159,14 +162,20 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
 
 
 def run_report_command(
-    experiment: str, out: str | None, sweep_run_id: str = "", log_to_run: str | None = None, commentary: str = ""
+    experiment: str,
+    out: str | None,
+    sweep_run_id: str = "",
+    log_to_run: str | None = None,
+    commentary: str = "",
+    metric: str = "final",
 ) -> int:
     from pipeline.report import make_report
-    from pipeline.tracking import check_tracking_uri
+    from pipeline.store import check_tracking_uri
 
     check_tracking_uri()
     folder = Path(out or Path("reports") / experiment)
-    report = make_report(experiment, folder, sweep_run_id or None, log_to_run, Path(commentary) if commentary else None)
+    findings = Path(commentary) if commentary else None
+    report = make_report(experiment, folder, sweep_run_id or None, log_to_run, findings, metric)
     print(f"Report of {len(report.runs)} runs written to {folder / 'report.md'} (and report.html)")
     for note in report.notes:
         print(f"note: {note}")
@@ -188,7 +197,9 @@ def dispatch(args: argparse.Namespace) -> int:
             import mlflow
 
             mlflow.set_tracking_uri(args.tracking_uri)
-        return run_report_command(args.experiment, args.out, args.sweep_run_id, commentary=args.commentary)
+        return run_report_command(
+            args.experiment, args.out, args.sweep_run_id, commentary=args.commentary, metric=args.metric
+        )
     code, experiment, parent = run_sweep_command(args)
     if args.command == "main":
         run_report_command(experiment, args.out, parent, log_to_run=parent)

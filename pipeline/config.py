@@ -100,15 +100,7 @@ class RunConfig:
 
     @property
     def arm(self) -> str:
-        """Everything that defines a method's recipe, as one readable name (not the data or protocol)."""
-        parts = [self.method]
-        if self.method == "sgan":
-            parts.append(self.variant)
-            if self.generator_loss != "non_saturating":
-                parts.append(self.generator_loss.replace("_", " "))
-        if self.precision != "float32":
-            parts.append(self.precision)
-        return " ".join(parts)
+        return arm_name(self.method, self.variant, self.generator_loss, self.precision)
 
     @property
     def run_name(self) -> str:
@@ -125,6 +117,19 @@ class RunConfig:
         params["num_epochs"] = params.pop("epochs")
         del params["experiment"]
         return params
+
+
+def arm_name(method: str, variant: str, generator_loss: str = "non_saturating", precision: str = "float32") -> str:
+    """An arm is everything that defines a method's recipe (not the data, the protocol or the seed), as
+    one readable name: `sgan stacked`, `sgan two_head feature matching bfloat16`, `cnn_tuned`."""
+    parts = [method]
+    if method == "sgan":
+        parts.append(variant)
+        if generator_loss not in ("non_saturating", "none"):
+            parts.append(generator_loss.replace("_", " "))
+    if precision != "float32":
+        parts.append(precision)
+    return " ".join(parts)
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:

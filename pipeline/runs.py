@@ -19,8 +19,9 @@ from pipeline.config import RunConfig, fingerprint
 from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
+from pipeline.schema import CANDIDATE_TAG, SEARCH_TAG
+from pipeline.store import check_tracking_uri
 from pipeline.tracking import (
-    check_tracking_uri,
     data_params,
     log_epoch,
     log_models,
@@ -30,8 +31,6 @@ from pipeline.tracking import (
 )
 from pipeline.training import TRACKS, History, fit, make_trainer
 from pipeline.tuning import SEARCH_SEED, SEARCH_SPACE, search_key, search_recipe
-
-SEARCH_TAG = "recipe_search_key"  # on a finished recipe search: what it depends on
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ def tuned_recipe(
         done += 1
         best = history.selected[""]
         with mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"{name}-{done}", nested=True, tags={"search_candidate": "true"}
+            experiment_id=experiment_id, run_name=f"{name}-{done}", nested=True, tags={CANDIDATE_TAG: "true"}
         ):
             mlflow.log_params({**recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
             for epoch in range(1, len(history.metrics["val_accuracy"]) + 1):

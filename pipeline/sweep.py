@@ -25,9 +25,9 @@ from mlflow.entities import RunStatus
 
 from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.tracking import FINGERPRINT_TAG, check_tracking_uri, log_new_params, record_stop, run_destination
-
-TRIALS_FILE = "trials.json"  # in the parent run: every trial's run id, reused ones included
+from pipeline.schema import FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
+from pipeline.store import check_tracking_uri
+from pipeline.tracking import log_new_params, record_stop, run_destination
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def run_sweep(
     check_tracking_uri()
     experiment, experiment_id = run_destination(experiment, experiment_given)
     run_name = f"sweep-{trials[0].config.dataset}-{trials[0].config.profile}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={"sweep": "true"}) as parent:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={SWEEP_TAG: "true"}) as parent:
         experiment_id = parent.info.experiment_id
         trials = [Trial(replace(t.config, experiment=experiment), t.fingerprint) for t in trials]
         log_new_params({**(sweep_params or {}), "n_trials": len(trials), "max_parallel": max_parallel})

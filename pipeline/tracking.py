@@ -17,26 +17,7 @@ from mlflow.models import infer_signature
 from pipeline.config import ConfigError, RunConfig
 from pipeline.data import Dataset, class_counts
 from pipeline.models import SGANModels, portable_generator
-
-IMAGE_KEY = "generated_images"
-FINGERPRINT_TAG = "config_fingerprint"  # what a sweep matches to reuse a finished run
-
-
-def check_tracking_uri(uri: str | None = None) -> str:
-    """Fail fast, before training, when the tracking store cannot be reached or opened."""
-    uri = uri or mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as err:
-            raise ConfigError(f"tracking URI {uri} is unreachable: {err}") from err
-    try:
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as err:  # any store error means the same to the user
-        raise ConfigError(f"tracking URI {uri} cannot be used: {err}") from err
-    return uri
+from pipeline.schema import FINGERPRINT_TAG, IMAGE_KEY
 
 
 def git_commit() -> str:

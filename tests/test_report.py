@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from scipy import stats
 
 from pipeline.report import build_report, make_report
 
@@ -33,13 +34,14 @@ KNOWN = {
 T_975_DF2 = 4.302652729749464  # Student t quantile, 0.975, 2 degrees of freedom (from tables)
 
 
-def log_known_runs(experiment: str, known=KNOWN, status="FINISHED") -> None:
+def log_known_runs(experiment: str, known=KNOWN, status="FINISHED", variant="stacked", **params) -> None:
     mlflow.set_experiment(experiment)
     for (method, labels, seed), accuracy in known.items():
         with mlflow.start_run(run_name=f"{method}-L{labels}-s{seed}", tags={"method": method}):
             mlflow.log_params(
                 {
-                    "variant": "stacked" if method == "sgan" else "none",
+                    **params,
+                    "variant": variant if method == "sgan" else "none",
                     "labels": labels,
                     "seed": seed,
                     "profile": "quick",
@@ -63,6 +65,7 @@ def log_known_runs(experiment: str, known=KNOWN, status="FINISHED") -> None:
                     ):
                         mlflow.log_metric(key, 1.0 / epoch, step=epoch)
             mlflow.log_metric("final_test_accuracy", accuracy)
+            mlflow.log_metric("final_test_accuracy_ema", accuracy + 0.001)
             mlflow.log_metric("wall_seconds", 10.0)
             if status != "FINISHED":
                 mlflow.end_run(status)
@@ -71,15 +74,22 @@ def log_known_runs(experiment: str, known=KNOWN, status="FINISHED") -> None:
 def test_summary_and_paired_numbers_match_an_independent_computation(store):
     log_known_runs("known")
     report = build_report("known")
-    for (method, labels), rows in report.summary.groupby(["method", "labels"]):
-        name = "sgan" if method.startswith("sgan") else "cnn"
+    for (arm, labels), rows in report.summary.groupby(["arm", "labels"]):
+        name = "sgan" if arm.startswith("sgan") else "cnn"
         values = np.array([KNOWN[(name, labels, s)] for s in range(3)])
         (row,) = rows.itertuples()
         assert row.n == 3
         assert row.mean == pytest.approx(values.mean())
         assert row.std == pytest.approx(values.std(ddof=1))
         assert (row.min, row.max) == (values.min(), values.max())
+    assert len(report.paired) == 2
     for row in report.paired.itertuples():
+        assert (row.sgan_arm, row.baseline_arm, row.dataset, row.protocol) == (
+            "sgan stacked",
+            "cnn",
+            "mnist",
+            "quick 3x100",
+        )
         diff = np.array([KNOWN[("sgan", row.labels, s)] - KNOWN[("cnn", row.labels, s)] for s in range(3)])
         half = T_975_DF2 * diff.std(ddof=1) / np.sqrt(3)
         assert row.n_pairs == 3
@@ -87,6 +97,10 @@ def test_summary_and_paired_numbers_match_an_independent_computation(store):
         assert (row.ci_low, row.ci_high) == (pytest.approx(diff.mean() - half), pytest.approx(diff.mean() + half))
         assert (row.wins, row.losses, row.ties) == ((diff > 0).sum(), (diff < 0).sum(), 0)
     assert report.notes == []
+    ranking = report.ranking[report.ranking.labels == 50]
+    assert list(ranking.arm) == ["sgan stacked", "cnn"] and list(ranking["rank"]) == [1, 2]
+    ema = build_report("known", metric="ema")
+    assert ema.summary["mean"].to_numpy() == pytest.approx(report.summary["mean"].to_numpy() + 0.001)
 
 
 def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(store, tmp_path):
@@ -107,10 +121,11 @@ def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(st
     }
     assert expected <= {p.name for p in out.iterdir()}
     markdown = (out / "report.md").read_text()
-    assert "final test accuracy" in markdown and "No epoch, seed or run was selected" in markdown
-    assert "profile: quick; epochs: 3 of 100 steps; precision: float32" in markdown
-    assert "commit abc123" in markdown
-    assert markdown.index("Paired difference") < markdown.index("Published numbers (not measured here)")
+    assert "No epoch, hyper-parameter, seed or run was chosen by test accuracy" in markdown
+    assert "Data: mnist; protocols: quick 3x100; arms: cnn, sgan stacked." in markdown
+    assert "`final_test_accuracy`" in markdown and "generous baseline" in markdown
+    assert "commits abc123" in markdown
+    assert markdown.index("Paired differences") < markdown.index("Published numbers (not measured here)")
     assert "arXiv:1606.03498" in markdown
     assert "## Findings\n\nFirst finding, wrapped.\n\nSecond finding." in markdown
     html = (out / "report.html").read_text()
@@ -124,15 +139,15 @@ def test_unpaired_label_counts_and_failed_runs_give_notes_not_crashes(store):
     log_known_runs("partial", {k: v for k, v in KNOWN.items() if not (k[0] == "cnn" and k[1] == 1000)})
     log_known_runs("partial", {("cnn", 1000, 0): 0.5}, status="FAILED")  # failed runs are ignored
     report = build_report("partial")
-    assert "At 1000 labels only sgan runs finished: no paired comparison there." in report.notes
-    row = report.paired.set_index("labels").loc[1000]
-    assert row.n_pairs == 0 and np.isnan(row.mean_diff)
+    assert "At 1000 labels (mnist, quick 3x100) only sgan stacked finished: no paired comparison there." in report.notes
+    assert 1000 not in set(report.paired.labels)
     assert report.summary.n.sum() == 9
 
 
-def test_runs_of_different_protocols_are_kept_apart_from_duplicates_and_flagged(store):
+def test_runs_of_different_protocols_are_kept_apart_and_reruns_are_named(store):
     log_known_runs("mixed", {("cnn", 50, 0): 0.80})
     log_known_runs("mixed", {("cnn", 50, 0): 0.82})  # a rerun of the same configuration: the latest counts
+    first = mlflow.search_runs(experiment_names=["mixed"], order_by=["attributes.start_time ASC"]).run_id.iloc[0]
     mlflow.set_experiment("mixed")
     with mlflow.start_run(tags={"method": "cnn"}):
         mlflow.log_params(
@@ -153,15 +168,21 @@ def test_runs_of_different_protocols_are_kept_apart_from_duplicates_and_flagged(
         )
         mlflow.log_metric("final_test_accuracy", 0.9)
     report = build_report("mixed")
-    assert sorted(report.runs.accuracy) == [0.82, 0.9]
-    assert any("mix protocols" in note and "paper 20x600 bfloat16" in note for note in report.notes), report.notes
+    assert sorted(report.runs["final"]) == [0.82, 0.9]
+    assert set(report.runs.arm) == {"cnn", "cnn bfloat16"} and set(report.runs.protocol) == {
+        "quick 3x100",
+        "paper 20x600",
+    }
+    assert list(report.superseded.run_id) == [first]
+    assert any("2 data and protocol combinations" in note for note in report.notes), report.notes
+    assert any(f"Superseded: {first}." in note for note in report.notes), report.notes
 
 
 def test_an_experiment_without_finished_runs_gives_a_clear_message(store, tmp_path):
     mlflow.create_experiment("empty")
     result = cli("report", "--experiment", "empty", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "No finished SGAN or CNN runs were found" in result.stdout
+    assert "No finished SGAN or baseline runs were found" in result.stdout
     assert "nothing to compare yet" in (tmp_path / "out" / "report.md").read_text()
     missing = cli("report", "--experiment", "no-such-experiment", "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "experiment 'no-such-experiment' does not exist" in missing.stderr
@@ -216,8 +237,44 @@ def test_report_works_against_a_real_mlflow_server(mlflow_server, tmp_path, monk
     result = cli("report", "--tracking-uri", mlflow_server, "--experiment", "served", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
-    sgan50 = summary[(summary.method == "sgan (stacked)") & (summary.labels == 50)].iloc[0]
+    sgan50 = summary[(summary.arm == "sgan stacked") & (summary.labels == 50)].iloc[0]
     assert sgan50["mean"] == pytest.approx(np.mean([0.90, 0.88, 0.93]))
     (run,) = mlflow.search_runs(experiment_names=["served"], filter_string="tags.report = 'true'", output_format="list")
     logged = {f.path for f in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="report")}
     assert "report/report.html" in logged
+
+
+def test_a_mixed_experiment_pairs_each_arm_with_each_baseline_and_never_pools(store):
+    """Two SGAN variants and two precisions, two seeds each: every (SGAN arm, baseline arm) pair has
+    exactly the two seed pairs of its own arms, with the interval of scipy's paired t test."""
+    rng = np.random.default_rng(3)
+    truth = {}
+    for precision in ("float32", "bfloat16"):
+        for variant in ("stacked", "two_head"):
+            known = {("sgan", 100, seed): float(rng.uniform(0.8, 0.95)) for seed in (0, 1)}
+            log_known_runs("arms", known, variant=variant, precision=precision)
+            truth[("sgan " + variant + ("" if precision == "float32" else " bfloat16"))] = known
+        known = {("cnn", 100, seed): float(rng.uniform(0.7, 0.8)) for seed in (0, 1)}
+        log_known_runs("arms", known, precision=precision)
+        truth["cnn" + ("" if precision == "float32" else " bfloat16")] = known
+    report = build_report("arms")
+    assert set(report.summary.n) == {2} and len(report.summary) == 6
+    assert len(report.paired) == 4 * 2  # four SGAN arms x two baseline arms
+    for row in report.paired.itertuples():
+        a = np.array([truth[row.sgan_arm][("sgan", 100, s)] for s in (0, 1)])
+        b = np.array([truth[row.baseline_arm][("cnn", 100, s)] for s in (0, 1)])
+        expected = stats.ttest_rel(a, b)
+        low, high = expected.confidence_interval(0.95)
+        assert row.n_pairs == 2
+        assert row.mean_diff == pytest.approx((a - b).mean())
+        assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
+        assert row.p_value == pytest.approx(expected.pvalue)
+    assert report.notes == []
+
+
+def test_the_report_never_imports_tensorflow():
+    code = (
+        "import sys, pipeline.report, pipeline.cli\n"
+        "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

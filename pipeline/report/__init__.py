@@ -1,0 +1,116 @@
+"""The comparison report: how much each SGAN arm gains over each supervised baseline arm at each label
+count, and how sure we are.
+
+runs (which runs count) -> statistics (tables) -> notes (coverage) -> plots -> content (what the
+report says) -> document (Markdown and HTML). Reads finished runs with `mlflow.search_runs` (any tracking
+URI) and writes `reports/<experiment>/`. Imports neither TensorFlow nor Keras.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from pipeline.report import plots
+from pipeline.report.content import blocks
+from pipeline.report.document import to_html, to_markdown
+from pipeline.report.notes import coverage_notes
+from pipeline.report.runs import METRICS, ReportError, latest_per_identity, load_runs
+from pipeline.report.statistics import paired_differences, rank_arms, summarize
+from pipeline.schema import REPORT_TAG
+
+__all__ = ["Report", "ReportError", "build_report", "make_report", "write_report"]
+
+
+@dataclass
+class Report:
+    experiment: str
+    metric: str  # a key of METRICS: "final" (raw classifier) or "ema"
+    runs: pd.DataFrame  # the runs that count
+    superseded: pd.DataFrame  # reruns replaced by a later run of the same arm, data, protocol, labels, seed
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    ranking: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    commentary: list[str] = field(default_factory=list)  # the analyst's findings, one paragraph each
+
+
+def build_report(experiment: str, sweep_run_id: str | None = None, metric: str = "final") -> Report:
+    if metric not in METRICS:
+        raise ReportError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
+    runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id))
+    summary, paired = summarize(runs, metric), paired_differences(runs, metric)
+    notes = coverage_notes(runs, superseded, paired, metric)
+    return Report(experiment, metric, runs, superseded, summary, paired, rank_arms(summary), notes)
+
+
+def write_report(report: Report, folder: Path) -> list[Path]:
+    """Write tables, plots, report.md and report.html into `folder`; return what was written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {"summary.csv": report.summary, "paired.csv": report.paired, "ranking.csv": report.ranking}
+    tables["runs.csv"] = report.runs
+    for name, table in tables.items():
+        table.to_csv(folder / name, index=False)
+    files = [folder / name for name in tables]
+    figures = []
+    if not report.runs.empty:
+        ylabel = METRICS[report.metric][0]
+        draw = {
+            "accuracy_vs_labels.png": lambda p: plots.accuracy_vs_labels(report.summary, p, ylabel),
+            "paired_difference.png": lambda p: plots.paired_difference(report.paired, p),
+            "learning_curves.png": lambda p: plots.learning_curves(
+                report.runs, p, "test_accuracy_ema" if report.metric == "ema" else "test_accuracy"
+            ),
+        }
+        if (report.runs.method == "sgan").any():
+            draw["sgan_losses.png"] = lambda p: plots.sgan_losses(report.runs, p)
+        for name, plot in draw.items():
+            plot(folder / name)
+            figures.append(name)
+        if plots.save_generated_grid(report.runs, folder / "generated.png"):
+            figures.append("generated.png")
+    report.files = files + [folder / name for name in figures]
+    parts = blocks(report, figures)
+    (folder / "report.md").write_text(to_markdown(parts))
+    (folder / "report.html").write_text(to_html(parts, folder))
+    return [*report.files, folder / "report.md", folder / "report.html"]
+
+
+def read_commentary(path: Path | None) -> list[str]:
+    """Paragraphs (separated by blank lines) of a text file written by whoever ran the benchmark."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise ReportError(f"commentary file {path} does not exist")
+    return [" ".join(p.split()) for p in path.read_text().split("\n\n") if p.strip()]
+
+
+def make_report(
+    experiment: str,
+    out_dir: Path,
+    sweep_run_id: str | None = None,
+    log_to_run: str | None = None,
+    commentary: Path | None = None,
+    metric: str = "final",
+) -> Report:
+    """Build, write and log the report: into `log_to_run` if given (a sweep's parent), else a new
+    `report` run in the same experiment, so it is browsable in the MLflow UI."""
+    findings = read_commentary(commentary)  # a wrong path fails before any work
+    report = build_report(experiment, sweep_run_id, metric)
+    report.commentary = findings
+    write_report(report, out_dir)
+    if log_to_run:
+        mlflow.MlflowClient().log_artifacts(log_to_run, str(out_dir), "report")
+    else:
+        # under `mlflow run -e report` the run exists already (MLFLOW_RUN_ID) and is the report run
+        launched = os.environ.get("MLFLOW_RUN_ID")
+        experiment_id = None if launched else mlflow.get_experiment_by_name(experiment).experiment_id
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"report-{experiment}", tags={REPORT_TAG: "true"}):
+            mlflow.log_params({"sweep_run_id": sweep_run_id or "", "n_runs": len(report.runs), "metric": metric})
+            mlflow.log_artifacts(str(out_dir), "report")
+    return report

@@ -1,0 +1,109 @@
+"""What the comparison report says, in order, as document blocks: the statement of what is
+reported and how it was chosen, provenance, notes, findings, tables, figures, published numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.report.runs import METRICS
+
+HERE = Path(__file__).parent
+PUBLISHED = HERE / "published.csv"  # numbers from papers and tutorials: data, never mixed with measurements
+CITATIONS = HERE / "citations.txt"
+
+FIGURES = [
+    ("accuracy_vs_labels.png", "Test accuracy vs labeled examples"),
+    ("paired_difference.png", "Paired differences vs labeled examples"),
+    ("learning_curves.png", "Learning curves (test accuracy per epoch, mean and ±1 std band)"),
+    ("sgan_losses.png", "SGAN losses per epoch (mean over seeds)"),
+    ("generated.png", "Generated images, last epoch of one SGAN run"),
+]
+
+
+def statement(metric: str) -> str:
+    column, what = METRICS[metric]
+    return (
+        f"Reported figure: **`{column}`**, the accuracy of the {what} on the whole held-out test split. "
+        "SGAN and `cnn` runs report their last epoch. `cnn_tuned` reports the epoch with the best validation "
+        "accuracy, trained with a recipe (augmentation, weight decay; Adam at 1e-3, beta1 0.9; up to three times "
+        "the protocol's epochs) chosen by a search on the validation split. It is a generous baseline: it uses "
+        "validation labels that the SGAN never sees, so an SGAN gain that survives it is robust. The validation "
+        "split is a fixed, class-stratified set of training images (5,000 for MNIST), never labeled for training "
+        "and not in the unlabeled pool. No epoch, hyper-parameter, seed or run was chosen by test accuracy."
+    )
+
+
+def provenance(runs: pd.DataFrame) -> list[str]:
+    if runs.empty:
+        return []
+
+    def values(column: str) -> str:
+        return ", ".join(sorted(map(str, runs[column].unique())))
+
+    return [
+        f"Data: {values('dataset')}; protocols: {values('protocol')}; arms: {values('arm')}.",
+        f"Versions: TensorFlow {values('tensorflow_version')}, Keras {values('keras_version')}, "
+        f"MLflow {values('mlflow_version')}; commits {values('git_commit')}.",
+    ]
+
+
+def _percent(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    shown = table.copy()
+    for column in columns:
+        shown[column] = [f"{v * 100:.2f}%" if pd.notna(v) else "n/a" for v in shown[column]]
+    return shown
+
+
+def _points(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    shown = table.copy()
+    for column in columns:
+        shown[column] = [f"{v * 100:+.2f}" if pd.notna(v) else "n/a" for v in shown[column]]
+    return shown
+
+
+def blocks(report, figures: list[str]) -> list[tuple[str, object]]:
+    """`report` is a `pipeline.report.Report`; `figures` the names of the figure files written."""
+    summary = _percent(report.summary, ["mean", "min", "max"])
+    summary["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in report.summary["std"]]
+    paired = _points(report.paired, ["mean_diff", "ci_low", "ci_high"])
+    paired["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in report.paired["p_value"]]
+    ranking = _percent(report.ranking, ["mean"])
+    ranking["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in report.ranking["std"]]
+    parts: list[tuple[str, object]] = [
+        ("h1", f"SGAN vs supervised baselines: {report.experiment}"),
+        ("p", statement(report.metric)),
+        *[("p", line) for line in provenance(report.runs)],
+        *[("p", f"**Note:** {note}") for note in report.notes],
+        *([("h2", "Findings")] if report.commentary else []),
+        *[("p", paragraph) for paragraph in report.commentary],
+        ("h2", "Test accuracy per arm and label count"),
+        (
+            "p",
+            "An arm is a method's whole recipe (method, SGAN variant, generator loss, precision); runs are grouped "
+            "by data and protocol. Mean, sample standard deviation (accuracy points), number of seeds, min, max.",
+        ),
+        ("table", summary),
+        ("h2", "Paired differences: each SGAN arm minus each baseline arm"),
+        (
+            "p",
+            "Per data, protocol and label count, over the seeds both arms finished (same seed = same labeled "
+            "images). Differences in accuracy points; 95% confidence interval and p-value of the paired t test "
+            "(`scipy.stats.ttest_rel`). Two arms are never pooled.",
+        ),
+        ("table", paired),
+        ("h2", "Arms ranked per label count"),
+        ("p", "By mean test accuracy; a rank says nothing of significance (see the paired table)."),
+        ("table", ranking),
+    ]
+    for name, title in FIGURES:
+        if name in figures:
+            parts += [("h2", title), ("img", name)]
+    parts += [
+        ("h2", "Published numbers (not measured here)"),
+        ("p", "For orientation only: other architectures, training lengths and protocols."),
+        ("table", pd.read_csv(PUBLISHED)),
+        *[("p", line) for line in CITATIONS.read_text().splitlines() if line.strip()],
+    ]
+    return parts

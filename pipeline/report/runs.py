@@ -1,0 +1,101 @@
+"""Which runs the report reads: the finished training runs of an experiment (or of one sweep), one
+row per run, with the arm, data and protocol each belongs to."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+
+from pipeline.config import METHODS, ConfigError, arm_name
+from pipeline.schema import TRIALS_FILE
+
+# A comparison unit: runs pair only within the same data and protocol, and only on the same labels and seed.
+GROUP = ["dataset", "protocol"]
+IDENTITY = ["arm", *GROUP, "labels", "seed"]  # a run repeated with all of these equal is a rerun
+
+METRICS = {
+    "final": ("final_test_accuracy", "raw classifier"),
+    "ema": ("final_test_accuracy_ema", "moving average of the classifier's weights (EMA)"),
+}
+
+
+class ReportError(ConfigError):
+    """The report cannot be made from what was asked for (for example: no such experiment)."""
+
+
+def _param(runs: pd.DataFrame, name: str, default: str) -> pd.Series:
+    """A param column, with the value that runs logged before the param existed had."""
+    column = runs.get(f"params.{name}", pd.Series(default, index=runs.index))
+    return column.fillna(default)
+
+
+def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
+    """Every finished training run of the experiment (of one sweep, if given), newest first."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise ReportError(f"experiment {experiment!r} does not exist at tracking URI {mlflow.get_tracking_uri()}")
+    runs = mlflow.search_runs(
+        experiment_ids=[found.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs.empty or "tags.method" not in runs:
+        return pd.DataFrame()
+    runs = runs[runs["tags.method"].isin(METHODS)]  # not reports, sweeps, searches or their candidates
+    if sweep_run_id:
+        runs = runs[runs["run_id"].isin(sweep_members(sweep_run_id))]
+    if runs.empty:
+        return pd.DataFrame()
+    method, variant = runs["tags.method"], runs["params.variant"]
+    generator_loss = _param(runs, "generator_loss", "non_saturating").where(method == "sgan", "none")
+    precision = _param(runs, "precision", "float32")
+    epochs, steps = runs["params.num_epochs"].astype(int), runs["params.steps_per_epoch"].astype(int)
+    table = pd.DataFrame(
+        {
+            "run_id": runs["run_id"],
+            "arm": [arm_name(*row) for row in zip(method, variant, generator_loss, precision, strict=True)],
+            "method": method,
+            "variant": variant,
+            "generator_loss": generator_loss,
+            "precision": precision,
+            "dataset": runs["params.dataset"],
+            "protocol": runs["params.profile"] + " " + epochs.astype(str) + "x" + steps.astype(str),
+            "labels": runs["params.labels"].astype(int),
+            "seed": runs["params.seed"].astype(int),
+            "final": runs["metrics.final_test_accuracy"],
+            "ema": runs.get("metrics.final_test_accuracy_ema", pd.Series(float("nan"), index=runs.index)),
+            "selected_epoch": runs.get("metrics.selected_epoch", epochs),
+            "start_time": runs["start_time"],
+            "git_commit": runs["params.git_commit"],
+            "tensorflow_version": runs["params.tensorflow_version"],
+            "keras_version": runs["params.keras_version"],
+            "mlflow_version": runs["params.mlflow_version"],
+            "seconds": runs.get("metrics.wall_seconds"),
+        }
+    )
+    return table.reset_index(drop=True)
+
+
+def latest_per_identity(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs that count, the ones superseded): of runs repeating an arm, data, protocol, label
+    count and seed, the latest finished one counts, since a rerun is made to replace a run (after a
+    fix, or with `--force`). `runs` must be newest first."""
+    if runs.empty:
+        return runs, runs
+    repeated = runs.duplicated(IDENTITY, keep="first")
+    counted = runs[~repeated].sort_values([*GROUP, "labels", "arm", "seed"]).reset_index(drop=True)
+    return counted, runs[repeated].reset_index(drop=True)
+
+
+def sweep_members(sweep_run_id: str) -> set[str]:
+    """The sweep's child runs plus the finished runs it reused (listed in its trials file)."""
+    children = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{sweep_run_id}'"
+    )
+    members = set(children["run_id"]) if not children.empty else set()
+    try:
+        trials = mlflow.artifacts.load_dict(f"runs:/{sweep_run_id}/{TRIALS_FILE}")["trials"]
+        members |= {t["run_id"] for t in trials if t["run_id"]}
+    except Exception:  # a sweep stopped before it wrote its trial list: its children still count
+        pass
+    return members

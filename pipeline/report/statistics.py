@@ -1,0 +1,70 @@
+"""The numbers: accuracy per arm, paired differences between SGAN arms and baseline arms, a ranking.
+
+Pure functions of the runs table (one row per run that counts, see `runs.latest_per_identity`).
+`metric` names the column compared: `final` (the raw classifier) or `ema` (its moving average).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pipeline.config import BASELINES
+from pipeline.report.runs import GROUP
+
+CONFIDENCE = 0.95
+PAIRED_COLUMNS = [*GROUP, "labels", "sgan_arm", "baseline_arm", "n_pairs", "mean_diff", "ci_low", "ci_high"]
+PAIRED_COLUMNS += ["p_value", "wins", "losses", "ties"]
+
+
+def summarize(runs: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
+    """Accuracy per (data, protocol, labels, arm): n, mean, sample std, min, max."""
+    columns = [*GROUP, "labels", "arm", "n", "mean", "std", "min", "max"]
+    runs = runs.dropna(subset=[metric]) if not runs.empty else runs
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = runs.groupby([*GROUP, "labels", "arm"])[metric]
+    table = grouped.agg(n="count", mean="mean", std="std", min="min", max="max").reset_index()
+    return table.sort_values([*GROUP, "labels", "arm"]).reset_index(drop=True)[columns]
+
+
+def paired_differences(runs: pd.DataFrame, metric: str = "final", confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Every SGAN arm minus every baseline arm present, per data, protocol and label count, over the
+    seeds both have (same seed = same labeled images): mean, the paired t interval and p-value
+    (`scipy.stats.ttest_rel`), wins/losses/ties. Two arms are never pooled; with fewer than two pairs
+    there is no interval."""
+    rows = []
+    runs = runs.dropna(subset=[metric]) if not runs.empty else runs
+    for key, group in runs.groupby([*GROUP, "labels"]) if not runs.empty else []:
+        by_arm = {arm: rows_.set_index("seed")[metric] for arm, rows_ in group.groupby("arm")}
+        sgan_arms = sorted(arm for arm in by_arm if arm.startswith("sgan"))
+        baseline_arms = sorted(arm for arm in by_arm if arm.split()[0] in BASELINES)
+        for sgan_arm in sgan_arms:
+            for baseline_arm in baseline_arms:
+                a, b = by_arm[sgan_arm].align(by_arm[baseline_arm], join="inner")
+                rows.append((*key, sgan_arm, baseline_arm, *_paired(a.to_numpy(), b.to_numpy(), confidence)))
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def _paired(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple:
+    d = a - b
+    n = len(d)
+    low = high = p_value = np.nan
+    if n >= 2 and np.ptp(d) > 0:
+        test = stats.ttest_rel(a, b)
+        low, high = test.confidence_interval(confidence)
+        p_value = test.pvalue
+    elif n >= 2:  # every pair differs by the same amount: no spread to estimate
+        low = high = d[0]
+    mean = d.mean() if n else np.nan
+    return n, mean, low, high, p_value, int((d > 0).sum()), int((d < 0).sum()), int((d == 0).sum())
+
+
+def rank_arms(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per data, protocol and label count, the arms from best to worst mean accuracy."""
+    if summary.empty:
+        return pd.DataFrame(columns=[*GROUP, "labels", "rank", "arm", "n", "mean", "std"])
+    ranked = summary.sort_values([*GROUP, "labels", "mean"], ascending=[True, True, True, False])
+    ranked = ranked.assign(rank=ranked.groupby([*GROUP, "labels"]).cumcount() + 1)
+    return ranked[[*GROUP, "labels", "rank", "arm", "n", "mean", "std"]].reset_index(drop=True)

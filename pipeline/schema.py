@@ -1,0 +1,11 @@
+"""Names that runs in the tracking store are written under: the contract between the code that writes
+runs (tracking, runs, sweep) and the code that reads them (report). Plain constants, so the report can
+read them without importing TensorFlow."""
+
+FINGERPRINT_TAG = "config_fingerprint"  # a run's resolved configuration and data; a sweep reuses a match
+SEARCH_TAG = "recipe_search_key"  # on a cnn_tuned recipe search: what the search depends on
+CANDIDATE_TAG = "search_candidate"  # on each recipe tried by a search (nested under it)
+SWEEP_TAG = "sweep"  # on a sweep's parent run
+REPORT_TAG = "report"  # on a report run
+TRIALS_FILE = "trials.json"  # in a sweep's parent run: every trial's run id, reused ones included
+IMAGE_KEY = "generated_images"  # the per-epoch grid of generated digits
