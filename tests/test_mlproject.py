@@ -77,3 +77,30 @@ def test_main_entry_point_sweeps_then_reports_into_the_sweep_run(store, tmp_path
     logged = {f.path for f in mlflow.artifacts.list_artifacts(run_id=parent.run_id, artifact_path="report")}
     assert {"report/report.md", "report/summary.csv", "report/accuracy_vs_labels.png"} <= logged
     assert (tmp_path / "report" / "report.md").exists()
+
+
+def test_every_entry_point_passes_each_parameter_to_a_cli_flag_with_the_same_default():
+    """MLproject and the CLI stay one definition: each entry point's parameters are flags of the
+    command of the same name, spelled alike (underscores as dashes), with the CLI's defaults."""
+    import shlex
+
+    import yaml
+
+    from pipeline.cli import build_parser
+
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    assert set(project["entry_points"]) <= set(subcommands)
+    for name, entry in project["entry_points"].items():
+        words = shlex.split(entry["command"])
+        assert words[:4] == ["python", "-m", "pipeline", name], name
+        flags = dict(zip(words[4::2], words[5::2], strict=True))
+        assert set(flags.values()) == {f"{{{p}}}" for p in entry["parameters"]}, name
+        actions = {a.dest: a for a in subcommands[name]._actions}
+        for flag, value in flags.items():
+            parameter = value.strip("{}")
+            assert flag == "--" + parameter.replace("_", "-"), (name, flag)
+            action = actions[parameter]
+            default = entry["parameters"][parameter]["default"]
+            cli_default = "" if action.default is None else action.default
+            assert str(default).lower() == str(cli_default).lower(), (name, parameter, default, cli_default)

@@ -128,3 +128,28 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_pa
     assert f"3/3 trials finished ({len(finished_before)} reused)" in again.stdout
     finished = _trial_runs("interrupted").query("status == 'FINISHED'")
     assert finished_before <= set(finished.run_id) and len(finished) == 3
+
+
+def test_a_sweep_over_variants_and_generator_losses_makes_one_arm_each_and_a_tuned_baseline(store, tmp_path):
+    args = [*SWEEP, "--methods", "sgan,cnn_tuned", "--labels", "20", "--seeds", "0", "--experiment", "arms"]
+    args += ["--variant", "stacked,k_plus_one", "--generator-loss", "non_saturating,feature_matching"]
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _trial_runs("arms")
+    assert set(runs.status) == {"FINISHED"}
+    assert sorted(runs["tags.arm"]) == [
+        "cnn_tuned",
+        "sgan k_plus_one",
+        "sgan k_plus_one feature matching",
+        "sgan stacked",
+        "sgan stacked feature matching",
+    ]
+    parent = _parents("arms").run_id.iloc[0]
+    assert set(runs["tags.mlflow.parentRunId"]) == {parent}
+    # the tuned baseline's search is nested under the sweep too, with its candidates under it
+    search = mlflow.search_runs(experiment_names=["arms"], filter_string="tags.recipe_search = 'true'")
+    assert list(search["tags.mlflow.parentRunId"]) == [parent]
+    report = cli("report", "--experiment", "arms", "--sweep-run-id", parent, "--out", str(tmp_path / "r"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    paired = pd.read_csv(tmp_path / "r" / "paired.csv")
+    assert len(paired) == 4 and set(paired.baseline_arm) == {"cnn_tuned"} and set(paired.n_pairs) == {1}
