@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--labels", type=int, default=100, help="labeled training examples (default 100)")
         sub.add_argument("--seed", type=int, default=0, help="fixes the labeled subset and the initialisation")
         sub.add_argument("--parent-run-id", default=None, help=argparse.SUPPRESS)
+        sub.add_argument(
+            "--resume", default="", help="continue this unfinished run (same settings) from its last checkpoint"
+        )
         add_run_arguments(sub)
     for name, help_text in (
         ("sweep", "train every (method, labels, seed) of a grid, each as a nested child run"),
@@ -123,7 +126,7 @@ def run_single(args: argparse.Namespace) -> int:
     )
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
-    train_run(config, bool(args.experiment), args.parent_run_id, verbose=not args.quiet)
+    train_run(config, bool(args.experiment), args.parent_run_id, verbose=not args.quiet, resume=args.resume or None)
     return 0
 
 

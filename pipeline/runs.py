@@ -9,27 +9,32 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
 
-from pipeline.config import RunConfig, fingerprint
+from pipeline import checkpoint
+from pipeline.config import ConfigError, RunConfig, fingerprint
 from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
-from pipeline.schema import CANDIDATE_TAG, SEARCH_TAG
+from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_TAG
 from pipeline.store import check_tracking_uri
 from pipeline.tracking import (
     data_params,
-    log_epoch,
+    log_epoch_image,
+    log_epoch_metrics,
     log_models,
     log_run_inputs,
     record_stop,
     run_destination,
 )
-from pipeline.training import TRACKS, History, fit, make_trainer
+from pipeline.training import TRACKS, FitState, History, fit, make_trainer
 from pipeline.tuning import SEARCH_SEED, SEARCH_SPACE, search_key, search_recipe
 
 
@@ -48,11 +53,18 @@ def train_run(
     experiment_given: bool = False,
     parent_run_id: str | None = None,
     verbose: bool = True,
+    resume: str | None = None,
 ) -> RunResult:
+    """Train and log one run; `resume` (a run id) continues that unfinished run of the same
+    configuration and data from its last checkpoint, in place."""
     check_tracking_uri()
     dataset = load_dataset(config.dataset)
     indices = labeled_subset(dataset.y_train, config.labels, config.seed, dataset.num_classes, dataset.validation)
-    experiment, experiment_id = run_destination(config.experiment, experiment_given)
+    if resume:
+        experiment_id = resumable_run(resume, fingerprint(config, dataset.checksum)).info.experiment_id
+        experiment = mlflow.get_experiment(experiment_id).name
+    else:
+        experiment, experiment_id = run_destination(config.experiment, experiment_given)
     config = replace(config, experiment=experiment)
     config_fingerprint = fingerprint(config, dataset.checksum)
     tags = {"method": config.method}
@@ -65,12 +77,8 @@ def train_run(
     latent = np.random.default_rng(config.seed).standard_normal((config.grid_size**2, config.latent_dim))
     latent = latent.astype(np.float32)
 
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=config.run_name,
-        parent_run_id=parent_run_id,
-        tags=tags,
-    ) as run:
+    started_run = {"run_id": resume} if resume else {"run_name": config.run_name, "parent_run_id": parent_run_id}
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags, **started_run) as run:
         try:
             log_run_inputs(config, dataset, indices, config_fingerprint)
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
@@ -80,12 +88,27 @@ def train_run(
                 config.method, config.variant, dataset.num_classes, config.latent_dim, config.seed, config.precision
             )
             trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train[dataset.pool])
+            state = restore_checkpoint(run.info.run_id, trainer) if resume else None
+            if state is not None:  # epochs the checkpoint holds but a hard stop kept from the store
+                logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")}
+                log_epoch_metrics(state.history, [e for e in range(1, state.epoch + 1) if e not in logged])
+            if verbose and resume:
+                print(f"Resuming run {resume} after epoch {state.epoch if state else 0}", flush=True)
 
             def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-                grid = image_grid(trainer.generate(latent), config.grid_size) if config.method == "sgan" else None
-                log_epoch(epoch, metrics, grid)
+                if config.method == "sgan":
+                    log_epoch_image(epoch, image_grid(trainer.generate(latent), config.grid_size))
 
-            history = fit(trainer, splits, on_epoch_end, verbose)
+            def on_checkpoint(state: FitState) -> None:
+                mlflow.flush_async_logging()
+                with tempfile.TemporaryDirectory() as folder:
+                    checkpoint.save(Path(folder), trainer, state, config_fingerprint)
+                    mlflow.log_artifacts(folder, CHECKPOINT_DIR)
+                log_epoch_metrics(state.history, range(state.epoch, state.epoch + 1))
+                if os.environ.get("SGAN_KILL_AFTER_EPOCH") == str(state.epoch):  # tests: a hard stop, for real
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            history = fit(trainer, splits, on_epoch_end, verbose, state, on_checkpoint)
             result = RunResult(
                 run_id=run.info.run_id,
                 experiment=config.experiment,
@@ -111,6 +134,35 @@ def train_run(
     if verbose:
         print(summary_line(config, result), flush=True)
     return result
+
+
+def resumable_run(run_id: str, config_fingerprint: str) -> mlflow.entities.Run:
+    """The run `--resume` names, if it can be continued with this configuration and data."""
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"resume={run_id}: no such run at tracking URI {mlflow.get_tracking_uri()}") from None
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"resume={run_id}: that run already FINISHED; there is nothing to resume")
+    logged = run.data.tags.get(FINGERPRINT_TAG)
+    if logged != config_fingerprint:
+        raise ConfigError(
+            f"resume={run_id}: that run was made with another configuration or data (fingerprint {logged}, "
+            f"these settings give {config_fingerprint}); resume it with the settings it was started with"
+        )
+    return run
+
+
+def restore_checkpoint(run_id: str, trainer) -> FitState | None:
+    """The run's last checkpoint put back into `trainer`, or None if it saved none (stopped in epoch 1)."""
+    if not any(
+        f.path == f"{CHECKPOINT_DIR}/{checkpoint.META}"
+        for f in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR)
+    ):
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR, dst_path=folder)
+        return checkpoint.load(Path(local), trainer)
 
 
 def _validation(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:

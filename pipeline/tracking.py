@@ -18,6 +18,7 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.data import Dataset, class_counts
 from pipeline.models import SGANModels, portable_generator
 from pipeline.schema import FINGERPRINT_TAG, IMAGE_KEY
+from pipeline.training import History
 
 
 def git_commit() -> str:
@@ -129,11 +130,16 @@ def record_stop(err: BaseException) -> None:
         mlflow.end_run("KILLED")
 
 
-def log_epoch(epoch: int, metrics: dict[str, float], grid: np.ndarray | None) -> None:
-    """Asynchronous, so that a slow store does not stall training; flushed at the end of the run."""
-    mlflow.log_metrics(metrics, step=epoch, synchronous=False)
-    if grid is not None:
-        mlflow.log_image(grid, key=IMAGE_KEY, step=epoch, synchronous=False)
+def log_epoch_image(epoch: int, grid: np.ndarray) -> None:
+    """Asynchronous, so that a slow store does not stall training; flushed before each checkpoint."""
+    mlflow.log_image(grid, key=IMAGE_KEY, step=epoch, synchronous=False)
+
+
+def log_epoch_metrics(history: History, epochs: range) -> None:
+    """The given epochs' metrics from the history (step = epoch). Called once an epoch's checkpoint is
+    saved, and on resume for epochs the checkpoint has but the store lacks: each epoch is logged once."""
+    for epoch in epochs:
+        mlflow.log_metrics({name: values[epoch - 1] for name, values in history.metrics.items()}, step=epoch)
 
 
 def _requirements() -> list[str]:

@@ -122,6 +122,19 @@ class Trainer:
     def _after_step(self) -> None:
         self.average.update()
 
+    def state_variables(self) -> dict[str, tf.Variable]:
+        """Everything training changes, by a stable name: weights and random-seed state of every network,
+        the optimizers' slots and step counts, the moving average and the random generator. Restoring
+        these continues training exactly where it was."""
+        groups = {
+            "discriminator": self.models.discriminator.variables,  # `.variables` includes dropout seeds
+            "classifier_ema": self.models.classifier_ema.variables,
+            "supervised_optimizer": self.supervised_optimizer.variables,
+            "ema_updates": [self.average.updates],
+            "rng": [self.rng.state],
+        }
+        return {f"{group}/{i}": v for group, variables in groups.items() for i, v in enumerate(variables)}
+
     def _steps(self, n: tf.Tensor) -> tf.Tensor:
         total = tf.zeros([len(self.loss_names)])
         for _ in tf.range(n):
@@ -172,6 +185,15 @@ class SGANTrainer(Trainer):
             loss = unsupervised_loss(self._real_logit(x), is_real)
         _apply(self.unsupervised_optimizer, tape, loss, variables)
         return loss
+
+    def state_variables(self) -> dict[str, tf.Variable]:
+        groups = {
+            "generator": self.models.generator.variables,
+            "unsupervised_optimizer": self.unsupervised_optimizer.variables,
+            "generator_optimizer": self.generator_optimizer.variables,
+        }
+        extra = {f"{group}/{i}": v for group, variables in groups.items() for i, v in enumerate(variables)}
+        return {**super().state_variables(), **extra}
 
     def _features(self, x: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.models.features(x, training=True), tf.float32)
@@ -233,13 +255,22 @@ class History:
 EpochHook = Callable[[int, dict[str, float]], None]
 
 
+@dataclass
+class FitState:
+    """Where `fit` is, between epochs: what a checkpoint adds to the trainer's variables."""
+
+    epoch: int = 0  # epochs done
+    history: History = field(default_factory=History)
+    best: dict[str, tuple[float, int, list[np.ndarray]]] = field(default_factory=dict)  # EpochSelection's
+
+
 class EpochSelection:
     """Keeps, per track, the weights of the epoch with the best validation accuracy (the first such
     epoch on ties) and puts them back at the end. Only validation figures are read."""
 
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer: Trainer, best: dict[str, tuple[float, int, list[np.ndarray]]]):
         self.models = {"": trainer.models.discriminator, "_ema": trainer.models.classifier_ema}
-        self.best: dict[str, tuple[float, int, list[np.ndarray]]] = {}
+        self.best = best  # track -> (score, epoch, weights); shared with FitState so checkpoints hold it
 
     def observe(self, epoch: int, metrics: dict[str, float]) -> None:
         for track, model in self.models.items():
@@ -269,20 +300,25 @@ def fit(
     splits: dict[str, Split],
     on_epoch_end: EpochHook | None = None,
     verbose: bool = True,
+    state: FitState | None = None,
+    on_checkpoint: Callable[[FitState], None] | None = None,
 ) -> History:
     """Train for the configured epochs, evaluating every split after each (`test`: the whole test
     split, the reported figure; `val`: the validation split, the only one anything is chosen by).
 
     With `select_epoch="best_validation"` the networks end with the weights of their best validation
-    epoch (per track) and `History.selected` says which; otherwise the last epoch counts."""
+    epoch (per track) and `History.selected` says which; otherwise the last epoch counts.
+    `state` (restored from a checkpoint together with the trainer's variables) continues a run after
+    its last finished epoch; `on_checkpoint` is called after every epoch with the state to save."""
     config = trainer.config
-    selection = EpochSelection(trainer) if config.select_epoch == "best_validation" else None
+    state = state or FitState()
+    history = state.history
+    selection = EpochSelection(trainer, state.best) if config.select_epoch == "best_validation" else None
     if selection is not None and "val" not in splits:
         raise ValueError("select_epoch='best_validation' needs a 'val' split")
     shown = [f"{split}_accuracy" for split in splits if split in ("test", "val")] + ["labeled_accuracy"]
-    history = History()
-    started = time.perf_counter()
-    for epoch in range(1, config.train_epochs + 1):
+    started = time.perf_counter() - history.seconds
+    for epoch in range(state.epoch + 1, config.train_epochs + 1):
         if verbose:
             print(f"Epoch {epoch}/{config.train_epochs}", flush=True)
         bar = keras.utils.Progbar(config.steps_per_epoch, stateful_metrics=shown, verbose=1 if verbose else 0)
@@ -306,6 +342,9 @@ def fit(
             on_epoch_end(epoch, metrics)
         if not np.isfinite(list(metrics.values())).all():
             raise FloatingPointError(f"training diverged at epoch {epoch}: {metrics}")
+        state.epoch, history.seconds = epoch, time.perf_counter() - started
+        if on_checkpoint is not None:
+            on_checkpoint(state)
     history.seconds = time.perf_counter() - started
     history.selected = selection.restore() if selection else dict.fromkeys(TRACKS, config.train_epochs)
     sys.stdout.flush()

@@ -1,0 +1,65 @@
+"""Checkpoints and resume of one run, with real processes and a real SIGKILL."""
+
+import mlflow
+import pytest
+
+from .conftest import cli
+
+RUN = ["--dataset", "digits", "--profile", "smoke", "--epochs", "4", "--labels", "20", "--seed", "2", "--quiet"]
+KEYS = ["test_accuracy", "test_accuracy_ema", "val_accuracy", "labeled_accuracy", "loss_supervised"]
+
+
+def _only_run(experiment, method="cnn"):
+    """The one training run (a cnn_tuned experiment also holds its recipe search and candidates)."""
+    (run,) = mlflow.search_runs(
+        experiment_names=[experiment], filter_string=f"tags.method = '{method}'", output_format="list"
+    )
+    return run
+
+
+def _histories(run_id, keys):
+    client = mlflow.MlflowClient()
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
+
+
+@pytest.mark.parametrize(
+    ("method", "keys"),
+    [
+        ("sgan", [*KEYS, "loss_unsupervised_real", "loss_unsupervised_fake", "loss_generator"]),
+        ("cnn_tuned", [*KEYS, "val_accuracy_ema"]),
+    ],
+)
+def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_float(store, tmp_path, method, keys):
+    whole = cli(method, *RUN, "--experiment", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = cli(method, *RUN, "--experiment", "killed", cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "2"})
+    assert killed.returncode == -9  # SIGKILL: nothing of the process could react
+    run = _only_run("killed", method)
+    assert run.info.status == "RUNNING"  # what a hard stop leaves; the resume ends it properly
+    assert [s for s, _ in _histories(run.info.run_id, ["test_accuracy"])["test_accuracy"]] == [1, 2]
+    resumed = cli(method, *RUN, "--resume", run.info.run_id, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = mlflow.get_run(run.info.run_id)
+    assert after.info.status == "FINISHED" and _only_run("killed", method).info.run_id == run.info.run_id
+    reference = _only_run("whole", method)
+    expected, got = _histories(reference.info.run_id, keys), _histories(run.info.run_id, keys)
+    steps = list(range(1, 5 if method == "sgan" else 13))  # cnn_tuned trains three times the 4 epochs
+    for key in keys:
+        assert [s for s, _ in got[key]] == steps, key  # no step missing or twice
+        assert got[key] == expected[key], key  # the same floats, not just close
+    for name in ("final_test_accuracy", "final_test_accuracy_ema", "selected_epoch"):
+        assert after.data.metrics[name] == reference.data.metrics[name], name
+
+
+def test_resume_refuses_other_settings_and_finished_runs(store, tmp_path):
+    killed = cli("cnn", *RUN, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})
+    assert killed.returncode == -9
+    run_id = _only_run("digits-smoke").info.run_id
+    other = cli("cnn", *RUN, "--labels", "30", "--resume", run_id, cwd=tmp_path)
+    assert other.returncode == 2 and f"resume={run_id}: that run was made with another configuration" in other.stderr
+    done = cli("cnn", *RUN, "--resume", run_id, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = cli("cnn", *RUN, "--resume", run_id, cwd=tmp_path)
+    assert again.returncode == 2 and "already FINISHED" in again.stderr
+    missing = cli("cnn", *RUN, "--resume", "0123456789abcdef0123456789abcdef", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such run" in missing.stderr
