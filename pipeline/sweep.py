@@ -25,7 +25,7 @@ from mlflow.entities import RunStatus
 
 from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.schema import FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
+from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
 from pipeline.store import check_tracking_uri
 from pipeline.tracking import log_new_params, record_stop, run_destination
 
@@ -134,16 +134,33 @@ def _last_error(log: Path) -> str:
     return lines[-1][:2000] if lines else "the trial process printed nothing"
 
 
-def run_trial(trial: Trial, experiment_id: str, parent_run_id: str, log_dir: Path) -> Outcome:
-    """Run one trial in a fresh process; make sure whatever happened is recorded in MLflow."""
+def resumable(experiment_id: str, trial: Trial) -> str | None:
+    """The newest unfinished run of this trial's configuration that saved a checkpoint: a trial a
+    stopped sweep left half done, to be continued rather than restarted."""
+    run = latest_run(experiment_id, trial, "attributes.status != 'FINISHED'")
+    if run is None:
+        return None
+    saved = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path=CHECKPOINT_DIR)
+    return run.info.run_id if saved else None
+
+
+def run_trial(
+    trial: Trial, experiment_id: str, parent_run_id: str, log_dir: Path, resume: str | None = None
+) -> Outcome:
+    """Run one trial in a fresh process (continuing run `resume` if given); make sure whatever
+    happened is recorded in MLflow."""
     config = trial.config
     log = log_dir / f"{config.run_name}.log"
     started = time.perf_counter()
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_RUN_ID"}  # not the parent's run
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    command = trial_command(config, parent_run_id) + (["--resume", resume] if resume else [])
     with open(log, "w") as handle:
-        code = subprocess.run(trial_command(config, parent_run_id), stdout=handle, stderr=subprocess.STDOUT, env=env)
-    run = latest_run(experiment_id, trial, f"tags.mlflow.parentRunId = '{parent_run_id}'")
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    if resume:
+        run = mlflow.get_run(resume)
+    else:
+        run = latest_run(experiment_id, trial, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     outcome = _outcome(trial, "FAILED", None, reused=False, seconds=time.perf_counter() - started)
     if code.returncode == 0 and run is not None and run.info.status == "FINISHED":
         outcome.status, outcome.run_id = "FINISHED", run.info.run_id
@@ -246,10 +263,13 @@ def run_sweep(
         pending: list[Trial] = []
         if verbose:
             print(f"Sweep of {len(trials)} trials in experiment '{experiment}', parent run {parent.info.run_id}")
+        resumes: dict[Trial, str] = {}
         for trial in trials:
             existing = None if force else latest_run(experiment_id, trial, "attributes.status = 'FINISHED'")
             if existing is None:
                 pending.append(trial)
+                if not force and (unfinished := resumable(experiment_id, trial)):
+                    resumes[trial] = unfinished
                 continue
             outcome = _outcome(trial, "FINISHED", existing.info.run_id, reused=True)
             outcome.final_test_accuracy = existing.data.metrics.get("final_test_accuracy")
@@ -257,7 +277,9 @@ def run_sweep(
             progress.report(outcome, pending)
         with tempfile.TemporaryDirectory() as folder:
             try:
-                _run_pending(pending, experiment_id, parent.info.run_id, Path(folder), max_parallel, progress, outcomes)
+                _run_pending(
+                    pending, resumes, experiment_id, parent.info.run_id, Path(folder), max_parallel, progress, outcomes
+                )
             except BaseException as err:
                 _log_trials(folder, outcomes)
                 record_stop(err)
@@ -278,10 +300,10 @@ def _log_trials(log_folder: str, outcomes: list[Outcome]) -> None:
     mlflow.log_dict({"trials": [asdict(o) for o in outcomes]}, TRIALS_FILE)
 
 
-def _run_pending(pending, experiment_id, parent_run_id, log_dir, max_parallel, progress, outcomes) -> None:
+def _run_pending(pending, resumes, experiment_id, parent_run_id, log_dir, max_parallel, progress, outcomes) -> None:
     pool = ThreadPoolExecutor(max_workers=max_parallel)
     try:
-        futures = {pool.submit(run_trial, t, experiment_id, parent_run_id, log_dir): t for t in pending}
+        futures = {pool.submit(run_trial, t, experiment_id, parent_run_id, log_dir, resumes.get(t)): t for t in pending}
         waiting = list(pending)
         for future in as_completed(futures):
             waiting.remove(futures[future])

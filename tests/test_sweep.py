@@ -153,3 +153,17 @@ def test_a_sweep_over_variants_and_generator_losses_makes_one_arm_each_and_a_tun
     assert report.returncode == 0, report.stderr[-3000:]
     paired = pd.read_csv(tmp_path / "r" / "paired.csv")
     assert len(paired) == 4 and set(paired.baseline_arm) == {"cnn_tuned"} and set(paired.n_pairs) == {1}
+
+
+def test_a_sweep_started_again_resumes_a_half_done_trial_from_its_checkpoint(store, tmp_path):
+    args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0", "--epochs", "3", "--experiment", "halfway"]
+    stopped = cli(*args, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})  # the trial dies hard after epoch 1
+    assert stopped.returncode == 1 and "1 failed" in stopped.stdout
+    (run,) = _trial_runs("halfway").itertuples()
+    assert run.status == "FAILED"
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (resumed,) = _trial_runs("halfway").itertuples()
+    assert resumed.run_id == run.run_id and resumed.status == "FINISHED"
+    history = mlflow.MlflowClient().get_metric_history(run.run_id, "test_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]
