@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -222,13 +223,46 @@ def _tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop asked for by SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, schedulers): it unwinds like
+    Ctrl-C, so runs end KILLED, a sweep stops its trials, and nothing is left RUNNING."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+def stop_on_signals() -> None:
+    def handler(signum, frame):
+        for other in (signal.SIGINT, signal.SIGTERM):  # one stop: the clean-up itself is not interrupted
+            signal.signal(other, lambda *_: None)  # (a handler, unlike SIG_IGN, is not inherited by children)
+        raise Stopped(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
+def how_to_resume(command: str) -> str:
+    if command in METHODS:
+        import mlflow
+
+        last = mlflow.last_active_run()
+        run = last.info.run_id if last else "RUN_ID"
+        return (
+            f"the run is marked KILLED; continue it from its last checkpoint with the same command and --resume {run}"
+        )
+    return "finished trials are kept; run the same command again to resume (a half-done trial continues)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stop_on_signals()
     try:
         return dispatch(args)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        name = str(err) if isinstance(err, Stopped) else "SIGINT"
+        print(f"stopped by {name}: {how_to_resume(args.command)}", file=sys.stderr)
+        return err.exit_code if isinstance(err, Stopped) else 130

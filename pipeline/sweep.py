@@ -134,6 +134,46 @@ def _last_error(log: Path) -> str:
     return lines[-1][:2000] if lines else "the trial process printed nothing"
 
 
+class TrialProcesses:
+    """The trial processes running now, so that a stopped sweep can stop them too (a SIGTERM sent to
+    the sweep alone does not reach them, and they must end their runs KILLED, not linger as orphans)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.processes: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        with self.lock:
+            if self.stopping:
+                raise KeyboardInterrupt("the sweep is stopping")
+            process = subprocess.Popen(command, **kwargs)
+            self.processes.add(process)
+        try:
+            return subprocess.CompletedProcess(command, process.wait())
+        finally:
+            with self.lock:
+                self.processes.discard(process)
+
+    def stop(self, grace_seconds: float = 120.0) -> None:
+        """SIGTERM to every trial (each ends its run KILLED), then wait; SIGKILL what outlives the grace."""
+        with self.lock:
+            self.stopping = True
+            processes = list(self.processes)
+        for process in processes:
+            process.terminate()
+        deadline = time.monotonic() + grace_seconds
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+RUNNING = TrialProcesses()
+
+
 def resumable(experiment_id: str, trial: Trial) -> str | None:
     """The newest unfinished run of this trial's configuration that saved a checkpoint: a trial a
     stopped sweep left half done, to be continued rather than restarted."""
@@ -156,7 +196,7 @@ def run_trial(
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     command = trial_command(config, parent_run_id) + (["--resume", resume] if resume else [])
     with open(log, "w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        code = RUNNING.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     if resume:
         run = mlflow.get_run(resume)
     else:
@@ -310,7 +350,10 @@ def _run_pending(pending, resumes, experiment_id, parent_run_id, log_dir, max_pa
             outcome = future.result()
             outcomes.append(outcome)
             progress.report(outcome, waiting)
-    finally:  # on Ctrl-C, start no queued trial; the running ones got the same signal and stop
+    except BaseException:  # Ctrl-C or SIGTERM: start no queued trial, stop the running ones
+        RUNNING.stop()
+        raise
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -1,5 +1,11 @@
 """Real smoke sweeps on digits: nested child processes, resume, failures, bad input."""
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
@@ -96,10 +102,6 @@ def test_bad_sweep_input_fails_before_any_run(store, args, message):
 
 def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_path):
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0,1,2", "--experiment", "interrupted"]
     sweep = subprocess.Popen(
@@ -167,3 +169,43 @@ def test_a_sweep_started_again_resumes_a_half_done_trial_from_its_checkpoint(sto
     assert resumed.run_id == run.run_id and resumed.status == "FINISHED"
     history = mlflow.MlflowClient().get_metric_history(run.run_id, "test_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running(store, tmp_path, signum):
+    """What `kill`, `timeout`, systemd or a scheduler do: signal the sweep's process only."""
+    args = [*SWEEP, "--methods", "sgan", "--labels", "10", "--seeds", "0,1", "--epochs", "50", "--experiment", "stop"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the first trial has logged an epoch
+        runs = _trial_runs("stop") if mlflow.get_experiment_by_name("stop") else pd.DataFrame()
+        if not runs.empty and mlflow.MlflowClient().get_metric_history(runs.run_id.iloc[0], "test_accuracy"):
+            break
+        time.sleep(1)
+    parent = _parents("stop").run_id.iloc[0]
+    assert _processes_mentioning(parent), "the trial process should be running"
+    sweep.send_signal(signum)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "run the same command again" in stderr
+    assert _processes_mentioning(parent) == []  # no orphan trial
+    statuses = set(mlflow.search_runs(experiment_names=["stop"]).status)
+    assert statuses == {"KILLED"}  # the parent and the running trial; the second trial never started
+    assert len(_trial_runs("stop")) == 1
