@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -134,6 +136,10 @@ def _last_error(log: Path) -> str:
     return lines[-1][:2000] if lines else "the trial process printed nothing"
 
 
+WATCH_SECONDS = 10  # how often a running trial's log is read
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) done at ([\d.]+)s: (.*)$", re.MULTILINE)  # printed by fit
+
+
 class TrialProcesses:
     """The trial processes running now, so that a stopped sweep can stop them too (a SIGTERM sent to
     the sweep alone does not reach them, and they must end their runs KILLED, not linger as orphans)."""
@@ -143,14 +149,22 @@ class TrialProcesses:
         self.processes: set[subprocess.Popen] = set()
         self.stopping = False
 
-    def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def run(self, command: list[str], watch: Callable[[], None], **kwargs) -> subprocess.CompletedProcess:
+        """Run `command` to its end, calling `watch` every WATCH_SECONDS meanwhile and once after."""
         with self.lock:
             if self.stopping:
                 raise KeyboardInterrupt("the sweep is stopping")
             process = subprocess.Popen(command, **kwargs)
             self.processes.add(process)
         try:
-            return subprocess.CompletedProcess(command, process.wait())
+            while True:
+                try:
+                    code = process.wait(timeout=WATCH_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    watch()
+            watch()
+            return subprocess.CompletedProcess(command, code)
         finally:
             with self.lock:
                 self.processes.discard(process)
@@ -184,19 +198,49 @@ def resumable(experiment_id: str, trial: Trial) -> str | None:
     return run.info.run_id if saved else None
 
 
+class TrialLog:
+    """A trial's console output, read while it runs: the epoch lines `fit` prints become sweep progress,
+    and the log is copied to the parent run's `trial_logs/` at each new epoch and at the end, so it can
+    be read in the MLflow UI meanwhile and survives a crash of the sweep."""
+
+    def __init__(self, path: Path, parent_run_id: str, on_epoch: Callable[[int, int, float, str], None]):
+        self.path, self.parent_run_id, self.on_epoch = path, parent_run_id, on_epoch
+        self.seen = 0
+
+    def watch(self) -> None:
+        lines = EPOCH_LINE.findall(self.path.read_text(errors="replace"))
+        if lines and int(lines[-1][0]) != self.seen:
+            epoch, total, seconds, figures = lines[-1]
+            self.seen = int(epoch)
+            self.on_epoch(int(epoch), int(total), float(seconds), figures)
+            self.upload()
+
+    def upload(self) -> None:
+        try:
+            mlflow.MlflowClient().log_artifact(self.parent_run_id, str(self.path), "trial_logs")
+        except Exception as err:  # a store hiccup must not stop the trial; the next call tries again
+            print(f"warning: could not log {self.path.name} to the sweep run: {err}", file=sys.stderr)
+
+
 def run_trial(
-    trial: Trial, experiment_id: str, parent_run_id: str, log_dir: Path, resume: str | None = None
+    trial: Trial,
+    experiment_id: str,
+    parent_run_id: str,
+    log_dir: Path,
+    resume: str | None = None,
+    on_epoch: Callable[[int, int, float, str], None] = lambda *_: None,
 ) -> Outcome:
     """Run one trial in a fresh process (continuing run `resume` if given); make sure whatever
     happened is recorded in MLflow."""
     config = trial.config
-    log = log_dir / f"{config.run_name}.log"
+    log = TrialLog(log_dir / f"{config.run_name}.log", parent_run_id, on_epoch)
     started = time.perf_counter()
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_RUN_ID"}  # not the parent's run
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     command = trial_command(config, parent_run_id) + (["--resume", resume] if resume else [])
-    with open(log, "w") as handle:
-        code = RUNNING.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    with open(log.path, "w") as handle:
+        code = RUNNING.run(command, log.watch, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    log.upload()
     if resume:
         run = mlflow.get_run(resume)
     else:
@@ -206,7 +250,7 @@ def run_trial(
         outcome.status, outcome.run_id = "FINISHED", run.info.run_id
         outcome.final_test_accuracy = run.data.metrics.get("final_test_accuracy")
         return outcome
-    outcome.error = (run.data.tags.get("error") if run else None) or _last_error(log)
+    outcome.error = (run.data.tags.get("error") if run else None) or _last_error(log.path)
     client = mlflow.MlflowClient()
     if run is None:  # died before its run existed: record the failure anyway
         run = client.create_run(
@@ -226,23 +270,50 @@ def run_trial(
 
 
 class Progress:
-    """`[i/N] name: accuracy (duration) | elapsed, ETA` lines, safe to call from worker threads."""
+    """`[i/N] name: accuracy (duration) | elapsed, ETA` lines when a trial ends, and a line per epoch
+    of each running trial; safe to call from worker threads. ETAs come from measured durations of the
+    same method: finished trials, else the projection of a running one (never another method's)."""
 
     def __init__(self, total: int, parallel: int, verbose: bool):
         self.total, self.parallel, self.verbose = total, parallel, verbose
         self.done, self.started = 0, time.perf_counter()
         self.durations: dict[str, list[float]] = {}
+        self.running: dict[str, tuple[str, float, float]] = {}  # name -> (method, elapsed, projected total)
         self.lock = threading.Lock()
 
+    def _left(self, trial: Trial) -> float | None:
+        """Seconds until `trial` ends: what a running trial has left, else the method's mean duration."""
+        name, method = trial.config.run_name, trial.config.method
+        if name in self.running:
+            _, elapsed, total = self.running[name]
+            return max(total - elapsed, 0.0)
+        projected = [total for m, _, total in self.running.values() if m == method]
+        measured = self.durations.get(method) or projected
+        return _mean(measured) if measured else None
+
     def eta(self, remaining: list[Trial]) -> str:
-        every = [d for ds in self.durations.values() for d in ds]
-        if not every:
-            return "ETA unknown"
-        guess = sum(_mean(self.durations.get(t.config.method) or every) for t in remaining)
-        return f"ETA {_clock(guess / self.parallel)}"
+        guesses = [self._left(t) for t in remaining]
+        if None in guesses:
+            missing = sorted({t.config.method for t, g in zip(remaining, guesses, strict=True) if g is None})
+            return f"ETA unknown until a {', '.join(missing)} trial is measured"
+        return f"ETA {_clock(sum(guesses) / self.parallel)}"
+
+    def epoch(self, trial: Trial, epoch: int, total: int, seconds: float, figures: str, remaining: list[Trial]):
+        """A running trial finished an epoch `seconds` into its training."""
+        with self.lock:
+            projected = seconds * total / epoch
+            self.running[trial.config.run_name] = (trial.config.method, seconds, projected)
+            if self.verbose:
+                left = _clock(projected - seconds)
+                print(
+                    f"    {trial.config.run_name}: epoch {epoch}/{total}, {figures} | trial ETA {left}, "
+                    f"sweep {self.eta(remaining)}",
+                    flush=True,
+                )
 
     def report(self, outcome: Outcome, remaining: list[Trial]) -> None:
         with self.lock:
+            self.running.pop(outcome.name, None)
             self.done += 1
             if not outcome.reused:
                 self.durations.setdefault(outcome.method, []).append(outcome.seconds)
@@ -343,8 +414,15 @@ def _log_trials(log_folder: str, outcomes: list[Outcome]) -> None:
 def _run_pending(pending, resumes, experiment_id, parent_run_id, log_dir, max_parallel, progress, outcomes) -> None:
     pool = ThreadPoolExecutor(max_workers=max_parallel)
     try:
-        futures = {pool.submit(run_trial, t, experiment_id, parent_run_id, log_dir, resumes.get(t)): t for t in pending}
         waiting = list(pending)
+
+        def watcher(trial: Trial) -> Callable[[int, int, float, str], None]:
+            return lambda *seen: progress.epoch(trial, *seen, list(waiting))
+
+        futures = {
+            pool.submit(run_trial, t, experiment_id, parent_run_id, log_dir, resumes.get(t), watcher(t)): t
+            for t in pending
+        }
         for future in as_completed(futures):
             waiting.remove(futures[future])
             outcome = future.result()

@@ -335,6 +335,9 @@ def fit(
         metrics = {name: total / config.steps_per_epoch for name, total in sums.items()}
         metrics.update(evaluate(trainer, splits))
         bar.update(done, values=[*losses.items(), *[(name, metrics[name]) for name in shown]])
+        if verbose:  # one plain line per epoch, which a sweep reads from the trial's log for its progress
+            figures = " ".join(f"{name} {metrics[name]:.4f}" for name in shown)
+            print(f"epoch {epoch}/{config.train_epochs} done at {time.perf_counter() - started:.1f}s: {figures}")
         history.add(metrics)
         if selection is not None:
             selection.observe(epoch, metrics)

@@ -1,5 +1,6 @@
 """Real smoke sweeps on digits: nested child processes, resume, failures, bad input."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,10 @@ def test_sweep_makes_one_nested_child_run_per_trial(swept):
     grid = set(zip(runs["tags.method"], runs["params.labels"], runs["params.seed"], strict=True))
     assert grid == {(m, labels, s) for m in ("sgan", "cnn") for labels in ("10", "20") for s in ("0", "1")}
     assert "[8/8]" in first.stdout and "ETA" in first.stdout and "elapsed" in first.stdout
+    # live progress: each running trial's epochs, with its own ETA and the sweep's
+    assert re.search(r"    sgan-stacked-digits-L20-s1: epoch 2/2, test_accuracy \d\.\d{4} .*\| trial ETA", first.stdout)
+    logs = mlflow.artifacts.list_artifacts(run_id=first_parent, artifact_path="trial_logs")
+    assert len(logs) == 8
     assert "8/8 trials finished (0 reused), 0 failed" in first.stdout
 
 
@@ -201,6 +206,12 @@ def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running
         time.sleep(1)
     parent = _parents("stop").run_id.iloc[0]
     assert _processes_mentioning(parent), "the trial process should be running"
+    for _ in range(60):  # the running trial's log reaches the parent run while it runs
+        if mlflow.artifacts.list_artifacts(run_id=parent, artifact_path="trial_logs"):
+            break
+        time.sleep(1)
+    log = mlflow.artifacts.load_text(f"runs:/{parent}/trial_logs/sgan-stacked-digits-L10-s0.log")
+    assert "epoch 1/50 done at" in log
     sweep.send_signal(signum)
     _, stderr = sweep.communicate(timeout=300)
     assert sweep.returncode == 128 + signum, stderr[-3000:]
