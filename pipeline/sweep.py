@@ -315,7 +315,7 @@ class Progress:
         with self.lock:
             self.running.pop(outcome.name, None)
             self.done += 1
-            if not outcome.reused:
+            if outcome.seconds:  # a reused run's duration is a measurement of its method too
                 self.durations.setdefault(outcome.method, []).append(outcome.seconds)
             if not self.verbose:
                 return
@@ -375,6 +375,7 @@ def run_sweep(
         if verbose:
             print(f"Sweep of {len(trials)} trials in experiment '{experiment}', parent run {parent.info.run_id}")
         resumes: dict[Trial, str] = {}
+        reused: list[Outcome] = []
         for trial in trials:
             existing = None if force else latest_run(experiment_id, trial, "attributes.status = 'FINISHED'")
             if existing is None:
@@ -382,8 +383,11 @@ def run_sweep(
                 if not force and (unfinished := resumable(experiment_id, trial)):
                     resumes[trial] = unfinished
                 continue
-            outcome = _outcome(trial, "FINISHED", existing.info.run_id, reused=True)
-            outcome.final_test_accuracy = existing.data.metrics.get("final_test_accuracy")
+            metrics = existing.data.metrics
+            outcome = _outcome(trial, "FINISHED", existing.info.run_id, True, metrics.get("wall_seconds", 0.0))
+            outcome.final_test_accuracy = metrics.get("final_test_accuracy")
+            reused.append(outcome)
+        for outcome in reused:  # reported once the trials left to run are known, for an honest ETA
             outcomes.append(outcome)
             progress.report(outcome, pending)
         with tempfile.TemporaryDirectory() as folder:

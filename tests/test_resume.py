@@ -41,6 +41,7 @@ def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_floa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = mlflow.get_run(run.info.run_id)
     assert after.info.status == "FINISHED" and _only_run("killed", method).info.run_id == run.info.run_id
+    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="checkpoint") == []  # pruned
     reference = _only_run("whole", method)
     expected, got = _histories(reference.info.run_id, keys), _histories(run.info.run_id, keys)
     steps = list(range(1, 5 if method == "sgan" else 13))  # cnn_tuned trains three times the 4 epochs
