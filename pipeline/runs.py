@@ -26,7 +26,7 @@ from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_TAG
-from pipeline.store import check_tracking_uri
+from pipeline.store import check_tracking_uri, newest_run
 from pipeline.tracking import (
     data_params,
     log_epoch_image,
@@ -198,15 +198,9 @@ def tuned_recipe(
     search in the experiment, else from a new one, logged as a run with one nested run per candidate.
     Returns (recipe, the search's run id)."""
     key = search_key(config, dataset.checksum)
-    found = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.{SEARCH_TAG} = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
+    found = newest_run(experiment_id, f"tags.{SEARCH_TAG} = '{key}' and attributes.status = 'FINISHED'")
     if found:
-        return json.loads(found[0].data.params["chosen_recipe"]), found[0].info.run_id
+        return json.loads(found.data.params["chosen_recipe"]), found.info.run_id
     indices = labeled_subset(dataset.y_train, config.labels, SEARCH_SEED, dataset.num_classes, dataset.validation)
     name = f"cnn_tuned-search-{config.dataset}-L{config.labels}"
     done = 0

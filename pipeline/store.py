@@ -23,3 +23,15 @@ def check_tracking_uri(uri: str | None = None) -> str:
     except Exception as err:  # any store error means the same to the user
         raise ConfigError(f"tracking URI {uri} cannot be used: {err}") from err
     return uri
+
+
+def newest_run(experiment_id: str, filter_string: str) -> mlflow.entities.Run | None:
+    """The most recently started run of the experiment that matches `filter_string`, if any."""
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=filter_string,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return found[0] if found else None

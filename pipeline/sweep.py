@@ -28,7 +28,7 @@ from mlflow.entities import RunStatus
 from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
-from pipeline.store import check_tracking_uri
+from pipeline.store import check_tracking_uri, newest_run
 from pipeline.tracking import log_new_params, record_stop, run_destination
 
 
@@ -106,14 +106,7 @@ def plan_trials(
 
 def latest_run(experiment_id: str, trial: Trial, condition: str) -> mlflow.entities.Run | None:
     """The newest run of this trial's configuration that also meets `condition` (a search filter)."""
-    found = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and {condition}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    return found[0] if found else None
+    return newest_run(experiment_id, f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and {condition}")
 
 
 def trial_command(config: RunConfig, parent_run_id: str) -> list[str]:
