@@ -62,13 +62,13 @@ def train_run(
     check_tracking_uri()
     dataset = load_dataset(config.dataset)
     indices = labeled_subset(dataset.y_train, config.labels, config.seed, dataset.num_classes, dataset.validation)
+    config_fingerprint = fingerprint(config, dataset.checksum)  # the experiment is not part of it
     if resume:
-        experiment_id = resumable_run(resume, fingerprint(config, dataset.checksum)).info.experiment_id
+        experiment_id = resumable_run(resume, config_fingerprint).info.experiment_id
         experiment = mlflow.get_experiment(experiment_id).name
     else:
         experiment, experiment_id = run_destination(config.experiment, experiment_given)
     config = replace(config, experiment=experiment)
-    config_fingerprint = fingerprint(config, dataset.checksum)
     tags = {"method": config.method}
     if config.method == "cnn_tuned":
         recipe, tags["recipe_search_run_id"] = tuned_recipe(config, dataset, experiment_id, parent_run_id, verbose)
@@ -213,8 +213,7 @@ def tuned_recipe(
             experiment_id=experiment_id, run_name=f"{name}-{done}", nested=True, tags={CANDIDATE_TAG: "true"}
         ):
             mlflow.log_params({**recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
-            for epoch in range(1, len(history.metrics["val_accuracy"]) + 1):
-                mlflow.log_metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)
+            log_epoch_metrics(history, range(1, len(history.metrics["val_accuracy"]) + 1))
             mlflow.log_metrics({"best_val_accuracy": history.metrics["val_accuracy"][best - 1], "best_epoch": best})
         if verbose:
             chosen = ", ".join(f"{k}={v}" for k, v in recipe.items())

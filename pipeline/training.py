@@ -119,9 +119,6 @@ class Trainer:
     def _step(self) -> list[tf.Tensor]:
         return [self._supervised_update()]
 
-    def _after_step(self) -> None:
-        self.average.update()
-
     def state_variables(self) -> dict[str, tf.Variable]:
         """Everything training changes, by a stable name: weights and random-seed state of every network,
         the optimizers' slots and step counts, the moving average and the random generator. Restoring
@@ -139,7 +136,7 @@ class Trainer:
         total = tf.zeros([len(self.loss_names)])
         for _ in tf.range(n):
             total += tf.stack(self._step())
-            self._after_step()
+            self.average.update()
         return total / tf.cast(n, tf.float32)
 
     def train_steps(self, n: int) -> dict[str, float]:

@@ -101,6 +101,9 @@ def test_summary_and_paired_numbers_match_an_independent_computation(store):
     assert list(ranking.arm) == ["sgan stacked", "cnn"] and list(ranking["rank"]) == [1, 2]
     ema = build_report("known", metric="ema")
     assert ema.summary["mean"].to_numpy() == pytest.approx(report.summary["mean"].to_numpy() + 0.001)
+    assert len(report.ema_effect) == 4 and set(report.ema_effect.n) == {3}
+    assert report.ema_effect.mean_diff.to_numpy() == pytest.approx(np.full(4, 0.001))
+    assert set(report.ema_effect.wins) == {3}
 
 
 def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(store, tmp_path):

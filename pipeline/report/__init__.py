@@ -20,7 +20,7 @@ from pipeline.report.content import blocks
 from pipeline.report.document import to_html, to_markdown
 from pipeline.report.notes import coverage_notes
 from pipeline.report.runs import METRICS, ReportError, latest_per_identity, load_runs
-from pipeline.report.statistics import paired_differences, rank_arms, summarize
+from pipeline.report.statistics import ema_effect, paired_differences, rank_arms, summarize
 from pipeline.schema import REPORT_TAG
 
 __all__ = ["Report", "ReportError", "build_report", "make_report", "write_report"]
@@ -35,6 +35,7 @@ class Report:
     summary: pd.DataFrame
     paired: pd.DataFrame
     ranking: pd.DataFrame
+    ema_effect: pd.DataFrame  # EMA minus raw classifier, per arm and label count
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     commentary: list[str] = field(default_factory=list)  # the analyst's findings, one paragraph each
@@ -46,13 +47,14 @@ def build_report(experiment: str, sweep_run_id: str | None = None, metric: str =
     runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id))
     summary, paired = summarize(runs, metric), paired_differences(runs, metric)
     notes = coverage_notes(runs, superseded, paired, metric)
-    return Report(experiment, metric, runs, superseded, summary, paired, rank_arms(summary), notes)
+    return Report(experiment, metric, runs, superseded, summary, paired, rank_arms(summary), ema_effect(runs), notes)
 
 
 def write_report(report: Report, folder: Path) -> list[Path]:
     """Write tables, plots, report.md and report.html into `folder`; return what was written."""
     folder.mkdir(parents=True, exist_ok=True)
     tables = {"summary.csv": report.summary, "paired.csv": report.paired, "ranking.csv": report.ranking}
+    tables["ema_effect.csv"] = report.ema_effect
     tables["runs.csv"] = report.runs
     for name, table in tables.items():
         table.to_csv(folder / name, index=False)

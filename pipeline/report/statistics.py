@@ -68,3 +68,15 @@ def rank_arms(summary: pd.DataFrame) -> pd.DataFrame:
     ranked = summary.sort_values([*GROUP, "labels", "mean"], ascending=[True, True, True, False])
     ranked = ranked.assign(rank=ranked.groupby([*GROUP, "labels"]).cumcount() + 1)
     return ranked[[*GROUP, "labels", "rank", "arm", "n", "mean", "std"]].reset_index(drop=True)
+
+
+def ema_effect(runs: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per arm and label count, the moving-average classifier minus the raw one over the same runs:
+    the evidence for the EMA decay (and for which figure to report)."""
+    columns = [*GROUP, "labels", "arm", "n", "mean_diff", "ci_low", "ci_high", "p_value", "wins", "losses", "ties"]
+    both = runs.dropna(subset=["final", "ema"]) if not runs.empty else runs
+    rows = [
+        (*key, *_paired(group["ema"].to_numpy(), group["final"].to_numpy(), confidence))
+        for key, group in (both.groupby([*GROUP, "labels", "arm"]) if not both.empty else [])
+    ]
+    return pd.DataFrame(rows, columns=columns)
