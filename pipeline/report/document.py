@@ -18,7 +18,7 @@ def to_markdown(blocks: list[Block]) -> str:
         elif kind == "h2":
             out.append(f"## {content}")
         elif kind == "table":
-            out.append(content.to_markdown(index=False) if len(content) else "_(no rows)_")
+            out.append(content.to_markdown(index=False, disable_numparse=True) if len(content) else "_(no rows)_")
         elif kind == "img":
             out.append(f"![{content}]({content})")
         else:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 from pipeline.report.runs import GROUP  # noqa: E402
 
@@ -32,6 +32,7 @@ def _label_axis(ax, values) -> None:
     ticks = sorted(set(values))
     ax.set_xscale("log")
     ax.set_xticks(ticks, labels=[str(v) for v in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())  # only the label counts measured, not log-scale minor ticks
     ax.grid(alpha=0.3)
 
 
