@@ -8,5 +8,6 @@ CANDIDATE_TAG = "search_candidate"  # on each recipe tried by a search (nested u
 SWEEP_TAG = "sweep"  # on a sweep's parent run
 REPORT_TAG = "report"  # on a report run
 TRIALS_FILE = "trials.json"  # in a sweep's parent run: every trial's run id, reused ones included
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens such experiments on runs
 IMAGE_KEY = "generated_images"  # the per-epoch grid of generated digits
 CHECKPOINT_DIR = "checkpoint"  # in a training run: the last epoch's checkpoint (see pipeline.checkpoint)

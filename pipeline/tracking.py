@@ -17,7 +17,7 @@ from mlflow.models import infer_signature
 from pipeline.config import ConfigError, RunConfig
 from pipeline.data import Dataset, class_counts
 from pipeline.models import SGANModels, portable_generator
-from pipeline.schema import FINGERPRINT_TAG, IMAGE_KEY
+from pipeline.schema import EXPERIMENT_KIND, FINGERPRINT_TAG, IMAGE_KEY
 from pipeline.training import History
 
 
@@ -61,7 +61,7 @@ def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str |
             )
         return existing, None
     found = mlflow.get_experiment_by_name(experiment)
-    return experiment, found.experiment_id if found else mlflow.create_experiment(experiment)
+    return experiment, found.experiment_id if found else mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
 
 
 def log_new_params(params: dict[str, object]) -> None:

@@ -132,7 +132,9 @@ def test_cnn_run_on_an_mnist_slice_pairs_with_the_sgan_subset(store, mnist_slice
     assert cnn.data.tags["method"] == "cnn" and cnn.data.params["test_size"] == "1000"
     assert "loss_generator" not in cnn.data.metrics and "loss_supervised" in cnn.data.metrics
     assert set(_models(results["cnn"].run_id)) == {"classifier", "classifier_ema"}
-    assert mlflow.get_experiment(cnn.info.experiment_id).name == "mnist-smoke"
+    experiment = mlflow.get_experiment(cnn.info.experiment_id)
+    assert experiment.name == "mnist-smoke"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
 
 
 def test_a_failure_after_the_run_started_marks_it_failed_and_keeps_what_was_logged(store, tmp_path):
