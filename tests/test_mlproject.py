@@ -9,8 +9,8 @@ import mlflow
 from .conftest import ROOT
 
 
-def mlflow_run(*args: str):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+def mlflow_run(*args: str, env: dict[str, str] | None = None):
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", *args],
         capture_output=True,
@@ -104,3 +104,17 @@ def test_every_entry_point_passes_each_parameter_to_a_cli_flag_with_the_same_def
             default = entry["parameters"][parameter]["default"]
             cli_default = "" if action.default is None else action.default
             assert str(default).lower() == str(cli_default).lower(), (name, parameter, default, cli_default)
+
+
+def test_mlflow_run_resumes_a_stopped_run_with_run_id_and_resume(store):
+    args = ["-e", "cnn", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "epochs=3", "--experiment-name", "mr"]
+    stopped = mlflow_run(*args, env={"SGAN_KILL_AFTER_EPOCH": "1"})
+    assert stopped.returncode != 0
+    (run,) = mlflow.search_runs(experiment_names=["mr"], output_format="list")
+    assert run.info.status == "FAILED"  # `mlflow run` saw its command die
+    resumed = mlflow_run(*args, "-P", f"resume={run.info.run_id}", "--run-id", run.info.run_id)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (after,) = mlflow.search_runs(experiment_names=["mr"], output_format="list")
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")]
+    assert sorted(steps) == [1, 2, 3]
