@@ -17,7 +17,6 @@ METHODS = ("sgan", "cnn", "cnn_tuned")
 BASELINES = ("cnn", "cnn_tuned")  # supervised methods: the same network, no generator
 PRECISIONS = ("float32", "bfloat16")  # bfloat16: mixed precision, float32 weights
 GENERATOR_LOSSES = ("non_saturating", "feature_matching")
-AUGMENTATIONS = ("none", "shift")  # shift: random translation by up to 2 pixels
 NUM_CLASSES = 10  # every supported dataset has ten classes
 TUNED_EPOCH_FACTOR = 3  # cnn_tuned may train this many times the protocol's epochs, stopping early
 # cnn_tuned's recipe search (see pipeline.tuning): RunConfig fields and the values tried; the grid is

@@ -21,7 +21,7 @@ import numpy as np
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from pipeline import checkpoint
-from pipeline.config import ConfigError, RunConfig, fingerprint
+from pipeline.config import TUNED_SEARCH_SPACE, ConfigError, RunConfig, fingerprint
 from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
@@ -37,7 +37,7 @@ from pipeline.tracking import (
     run_destination,
 )
 from pipeline.training import TRACKS, FitState, History, fit, make_trainer
-from pipeline.tuning import SEARCH_SEED, SEARCH_SPACE, search_key, search_recipe
+from pipeline.tuning import SEARCH_SEED, search_key, search_recipe
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ def tuned_recipe(
                 "dataset": config.dataset,
                 "protocol": config.protocol,
                 "precision": config.precision,
-                "search_space": json.dumps(SEARCH_SPACE),
+                "search_space": json.dumps(TUNED_SEARCH_SPACE),
                 "search_seed": SEARCH_SEED,
                 "max_epochs": config.train_epochs,
                 **data_params(dataset),

@@ -25,7 +25,6 @@ from pipeline.config import NUM_CLASSES, TUNED_SEARCH_SPACE, RunConfig
 from pipeline.models import build_models
 from pipeline.training import History, fit, make_trainer
 
-SEARCH_SPACE = TUNED_SEARCH_SPACE
 SEARCH_SEED = 0  # whose labeled subset the search trains on
 
 
@@ -38,8 +37,8 @@ class Candidate:
 
 
 def recipes() -> list[dict[str, object]]:
-    keys = list(SEARCH_SPACE)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*SEARCH_SPACE.values())]
+    keys = list(TUNED_SEARCH_SPACE)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*TUNED_SEARCH_SPACE.values())]
 
 
 def search_key(config: RunConfig, data_checksum: str) -> str:
@@ -50,7 +49,7 @@ def search_key(config: RunConfig, data_checksum: str) -> str:
         "labels": config.labels,
         "precision": config.precision,
         "ema_decay": config.ema_decay,
-        "space": SEARCH_SPACE,
+        "space": TUNED_SEARCH_SPACE,
         "seed": SEARCH_SEED,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
