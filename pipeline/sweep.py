@@ -389,10 +389,10 @@ def run_sweep(
                     pending, resumes, experiment_id, parent.info.run_id, Path(folder), max_parallel, progress, outcomes
                 )
             except BaseException as err:
-                _log_trials(folder, outcomes)
+                _log_trials(outcomes)
                 record_stop(err)
                 raise
-            _log_trials(folder, outcomes)
+            _log_trials(outcomes)
         result = SweepResult(parent.info.run_id, experiment, outcomes)
         mlflow.log_metrics({"trials_finished": len(outcomes) - len(result.failed), "trials_failed": len(result.failed)})
         if result.failed:
@@ -403,8 +403,8 @@ def run_sweep(
     return result
 
 
-def _log_trials(log_folder: str, outcomes: list[Outcome]) -> None:
-    mlflow.log_artifacts(log_folder, "trial_logs")
+def _log_trials(outcomes: list[Outcome]) -> None:
+    """Every trial's run id and outcome (the trials' logs are already there: `TrialLog`)."""
     mlflow.log_dict({"trials": [asdict(o) for o in outcomes]}, TRIALS_FILE)
 
 
