@@ -189,6 +189,8 @@ def test_an_experiment_without_finished_runs_gives_a_clear_message(store, tmp_pa
     assert "nothing to compare yet" in (tmp_path / "out" / "report.md").read_text()
     missing = cli("report", "--experiment", "no-such-experiment", "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "experiment 'no-such-experiment' does not exist" in missing.stderr
+    metric = cli("report", "--experiment", "empty", "--metric", "best", "--out", str(tmp_path / "y"))
+    assert metric.returncode == 2 and "metric='best' is not one of final, ema" in metric.stderr
 
 
 @pytest.fixture

@@ -162,6 +162,10 @@ def _free_port():
         (["sgan", "--dataset", "cifar"], "dataset='cifar' is not one of mnist, fashion_mnist, digits"),
         (["sgan", "--profile", "huge"], "profile='huge' is not one of smoke, quick, paper"),
         (["sgan", "--variant", "wide"], "variant='wide' is not one of stacked, two_head, k_plus_one"),
+        (
+            ["sgan", "--generator-loss", "wasserstein"],
+            "generator_loss='wasserstein' is not one of non_saturating, feature_matching",
+        ),
         (["cnn", "--labels", "5", "--profile", "smoke"], "labels=5 is below the number of classes"),
         (["cnn", "--epochs", "0", "--profile", "smoke"], "epochs=0 must be a positive integer"),
         (["sgan", "--epochs", "-2", "--profile", "smoke"], "epochs=-2 must be a positive integer"),
