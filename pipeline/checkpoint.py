@@ -33,10 +33,6 @@ def save(folder: Path, trainer: Trainer, state: FitState, fingerprint: str) -> N
     (folder / META).write_text(json.dumps(meta))
 
 
-def fingerprint_of(folder: Path) -> str:
-    return json.loads((folder / META).read_text())["fingerprint"]
-
-
 def load(folder: Path, trainer: Trainer) -> FitState:
     """Put the saved variables back into `trainer` and return where `fit` was."""
     meta = json.loads((folder / META).read_text())

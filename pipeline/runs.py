@@ -37,7 +37,7 @@ from pipeline.tracking import (
     run_destination,
 )
 from pipeline.training import TRACKS, FitState, History, fit, make_trainer
-from pipeline.tuning import SEARCH_SEED, search_key, search_recipe
+from pipeline.tuning import SEARCH_SEED, Candidate, search_key, search_recipe
 
 
 @dataclass(frozen=True)
@@ -205,20 +205,22 @@ def tuned_recipe(
     name = f"cnn_tuned-search-{config.dataset}-L{config.labels}"
     done = 0
 
-    def on_candidate(recipe: dict[str, object], history: History) -> None:
+    def on_candidate(candidate: Candidate) -> None:
         nonlocal done
         done += 1
-        best = history.selected[""]
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=f"{name}-{done}", nested=True, tags={CANDIDATE_TAG: "true"}
         ):
-            mlflow.log_params({**recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
-            log_epoch_metrics(history, range(1, len(history.metrics["val_accuracy"]) + 1))
-            mlflow.log_metrics({"best_val_accuracy": history.metrics["val_accuracy"][best - 1], "best_epoch": best})
+            mlflow.log_params({**candidate.recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
+            log_epoch_metrics(candidate.history, range(1, config.train_epochs + 1))
+            mlflow.log_metrics({"best_val_accuracy": candidate.score, "best_epoch": candidate.best_epoch})
         if verbose:
-            chosen = ", ".join(f"{k}={v}" for k, v in recipe.items())
-            score = history.metrics["val_accuracy"][best - 1]
-            print(f"search {done}: {chosen}: best validation accuracy {score:.4f} at epoch {best}", flush=True)
+            chosen = ", ".join(f"{k}={v}" for k, v in candidate.recipe.items())
+            print(
+                f"search {done}: {chosen}: best validation accuracy {candidate.score:.4f} at epoch "
+                f"{candidate.best_epoch}",
+                flush=True,
+            )
 
     with mlflow.start_run(
         experiment_id=experiment_id,

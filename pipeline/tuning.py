@@ -62,7 +62,7 @@ def search_recipe(
     x_pool: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
-    on_candidate: Callable[[dict[str, object], History], None] | None = None,
+    on_candidate: Callable[[Candidate], None] | None = None,
 ) -> tuple[dict[str, object], list[Candidate]]:
     """Train every recipe of the grid on the given labeled subset (seed `SEARCH_SEED`) and return the
     one with the best validation accuracy at its best epoch, with every candidate's result."""
@@ -77,6 +77,6 @@ def search_recipe(
         best = history.selected[""]
         results.append(Candidate(recipe, history.metrics["val_accuracy"][best - 1], best, history))
         if on_candidate is not None:
-            on_candidate(recipe, history)
+            on_candidate(results[-1])
     winner = max(results, key=lambda c: c.score)  # max keeps the first of equal scores
     return winner.recipe, results
