@@ -2,7 +2,9 @@
 classic Keras implementation, on the same architecture, batch and machine.
 
 The reference is the tutorial recipe: `train_on_batch` on a compiled supervised model, a compiled
-unsupervised model and a composite GAN model, with `predict` for the fakes. Made correct under Keras 3:
+unsupervised model and a composite GAN model, with `predict` for the fakes, for either architecture with
+its own protocol's batches and optimizer (`mlm`: the paper profile; `gans_in_action`: that book's, whose
+code is this same recipe). Made correct under Keras 3:
 a compiled model's train function captures its trainable variables when first traced, so the
 supervised and unsupervised models are traced while the discriminator is trainable and the composite
 only after it is frozen. `check_reference_updates` asserts that each call moves exactly what it should.
@@ -15,16 +17,18 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import NUM_CLASSES, resolve_config
+from pipeline.config import NUM_CLASSES, RunConfig, resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.models import build_discriminator, build_generator, build_models
 from pipeline.training import make_trainer
+
+PROTOCOL_OF = {"mlm": "paper", "gans_in_action": "gans_in_action"}  # each architecture's own batches and optimizer
 
 
 def _z_over_z_plus_one(logits):
@@ -36,20 +40,21 @@ def _z_over_z_plus_one(logits):
 class ReferenceSGAN:
     """The classic three-model SGAN, one `step()` = the reference's per-batch body."""
 
-    def __init__(self, x_labeled, y_labeled, x_pool, latent_dim: int = 100, seed: int = 0):
-        keras.utils.set_random_seed(seed)
-        discriminator, classifier, _ = build_discriminator("stacked", NUM_CLASSES)
-        self.generator = build_generator(latent_dim, portable=True)  # the stock layers, as written there
+    def __init__(self, x_labeled, y_labeled, x_pool, config: RunConfig):
+        keras.utils.set_random_seed(config.seed)
+        discriminator, classifier, _ = build_discriminator("stacked", NUM_CLASSES, config.architecture)
+        # the stock layers, as written there
+        self.generator = build_generator(config.latent_dim, portable=True, architecture=config.architecture)
         logits = discriminator.get_layer("class_logits").output
         self.d_model = keras.Model(discriminator.input, keras.layers.Lambda(_z_over_z_plus_one)(logits))
         self.c_model = classifier
-        self.c_model.compile(optimizer=_adam(), loss="sparse_categorical_crossentropy")
-        self.d_model.compile(optimizer=_adam(), loss="binary_crossentropy")
+        self.c_model.compile(optimizer=_adam(config), loss="sparse_categorical_crossentropy")
+        self.d_model.compile(optimizer=_adam(config), loss="binary_crossentropy")
         self.gan_model = keras.Model(self.generator.input, self.d_model(self.generator.output))
-        self.gan_model.compile(optimizer=_adam(), loss="binary_crossentropy")
+        self.gan_model.compile(optimizer=_adam(config), loss="binary_crossentropy")
         self.x_labeled, self.y_labeled, self.x_pool = x_labeled, y_labeled, x_pool
-        self.latent_dim = latent_dim
-        self.rng = np.random.default_rng(seed)
+        self.latent_dim, self.half, self.batch = config.latent_dim, config.discriminator_batch, config.batch_size
+        self.rng = np.random.default_rng(config.seed)
         self._trace()
 
     def _trace(self) -> None:
@@ -61,18 +66,19 @@ class ReferenceSGAN:
         self._generator()
 
     def _supervised(self):
-        idx = self.rng.integers(0, len(self.x_labeled), 50)
+        idx = self.rng.integers(0, len(self.x_labeled), self.half)
         return self.c_model.train_on_batch(self.x_labeled[idx], self.y_labeled[idx])
 
     def _unsupervised(self):
-        real = self.x_pool[self.rng.integers(0, len(self.x_pool), 50)]
-        loss_real = self.d_model.train_on_batch(real, np.ones((50, 1), np.float32))
-        fake = self.generator.predict(self.rng.standard_normal((50, self.latent_dim)).astype(np.float32), verbose=0)
-        return loss_real, self.d_model.train_on_batch(fake, np.zeros((50, 1), np.float32))
+        real = self.x_pool[self.rng.integers(0, len(self.x_pool), self.half)]
+        loss_real = self.d_model.train_on_batch(real, np.ones((self.half, 1), np.float32))
+        latent = self.rng.standard_normal((self.half, self.latent_dim)).astype(np.float32)
+        fake = self.generator.predict(latent, verbose=0)
+        return loss_real, self.d_model.train_on_batch(fake, np.zeros((self.half, 1), np.float32))
 
     def _generator(self):
-        z = self.rng.standard_normal((100, self.latent_dim)).astype(np.float32)
-        return self.gan_model.train_on_batch(z, np.ones((100, 1), np.float32))
+        z = self.rng.standard_normal((self.batch, self.latent_dim)).astype(np.float32)
+        return self.gan_model.train_on_batch(z, np.ones((self.batch, 1), np.float32))
 
     def step(self) -> None:
         self._supervised()
@@ -80,8 +86,8 @@ class ReferenceSGAN:
         self._generator()
 
 
-def _adam() -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5)
+def _adam(config: RunConfig) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1)
 
 
 def _snapshot(model: keras.Model) -> list[np.ndarray]:
@@ -110,15 +116,32 @@ def check_reference_updates(ref: ReferenceSGAN) -> None:
     assert _all_changed(g0, g) and _none_changed(d0, d), "generator update must move G only"
 
 
-def flops_per_step(latent_dim: int = 100) -> float:
+def forward_macs(model: keras.Model) -> int:
+    """Multiply-adds of one image through the model's convolutions and dense layers."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # each input pixel spreads a kernel
+            _, h, w, cin = layer.input.shape
+            total += h * w * int(np.prod(layer.kernel_size)) * cin * layer.filters
+        elif isinstance(layer, keras.layers.Conv2D):  # each output pixel gathers one
+            _, h, w, cout = layer.output.shape
+            total += h * w * int(np.prod(layer.kernel_size)) * layer.input.shape[-1] * cout
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return total
+
+
+def flops_per_step(config: RunConfig | None = None) -> float:
     """Multiply-adds x 2 of the reference step; a backward pass costs ~2 forward passes, and the
     generator update needs D's input gradients only (~1 forward pass more)."""
-    d_macs = sum(out * out * 9 * cin * 128 for out, cin in [(14, 1), (7, 128), (4, 128)]) + 4 * 4 * 128 * NUM_CLASSES
-    g_macs = latent_dim * 7 * 7 * 128 + 7 * 7 * 16 * 128 * 128 + 14 * 14 * 16 * 128 * 128 + 28 * 28 * 49 * 128
-    d_fwd, g_fwd = 2.0 * d_macs, 2.0 * g_macs
-    discriminator_updates = 3 * d_fwd * (50 + 50 + 50)
-    fakes = g_fwd * 50
-    generator_update = 3 * g_fwd * 100 + 2 * d_fwd * 100
+    config = config or resolve_config("sgan", profile="paper")
+    discriminator = build_discriminator("stacked", NUM_CLASSES, config.architecture)[0]
+    generator = build_generator(config.latent_dim, portable=True, architecture=config.architecture)
+    d_fwd, g_fwd = 2.0 * forward_macs(discriminator), 2.0 * forward_macs(generator)
+    half, batch = config.discriminator_batch, config.batch_size
+    discriminator_updates = 3 * d_fwd * 3 * half
+    fakes = g_fwd * half
+    generator_update = 3 * g_fwd * batch + 2 * d_fwd * batch
     return discriminator_updates + fakes + generator_update
 
 
@@ -152,6 +175,8 @@ class BenchResult:
     rounds: int
     steps_per_round: int
     dataset: str
+    architecture: str
+    batch: str
     machine: str
     tensorflow_version: str
     keras_version: str
@@ -160,15 +185,21 @@ class BenchResult:
 
 
 def run_bench(
-    dataset: str = "mnist", rounds: int = 5, steps: int = 10, precision: str = "float32", warmup: int = 3
+    dataset: str = "mnist",
+    rounds: int = 5,
+    steps: int = 10,
+    precision: str = "float32",
+    warmup: int = 3,
+    architecture: str = "mlm",
 ) -> BenchResult:
     data = load_dataset(dataset)
     idx = labeled_subset(data.y_train, 100, 0, data.num_classes, data.validation)
     x_lab, y_lab = data.x_train[idx], data.y_train[idx]
-    config = resolve_config("sgan", dataset, 100, 0, "smoke", precision=precision)
-    models = build_models("sgan", "stacked", NUM_CLASSES, 100, 0, precision)
+    profile = PROTOCOL_OF[architecture]
+    config = resolve_config("sgan", dataset, 100, 0, profile, precision=precision, architecture=architecture)
+    models = build_models("sgan", "stacked", NUM_CLASSES, config.latent_dim, 0, precision, architecture)
     ours = make_trainer(config, models, x_lab, y_lab, data.x_train)
-    reference = ReferenceSGAN(x_lab, y_lab, data.x_train)
+    reference = ReferenceSGAN(x_lab, y_lab, data.x_train, replace(config, precision="float32"))
     check_reference_updates(reference)
     ours.train_steps(warmup)
     for _ in range(warmup):
@@ -184,9 +215,9 @@ def run_bench(
         ref_times.append((time.perf_counter() - start) / steps)
     check_reference_updates(reference)
     ours_s, ref_s = statistics.median(ours_times), statistics.median(ref_times)
-    flop = flops_per_step()
+    flop = flops_per_step(config)
     peak = measured_peak_flops()
-    images = 100 + 50 + 50 + 100  # labeled, real, fake and generator-update images per step
+    images = 3 * config.discriminator_batch + config.batch_size  # labeled, real, fake; generator update
     return BenchResult(
         ours_ms_per_step=ours_s * 1e3,
         reference_ms_per_step=ref_s * 1e3,
@@ -202,6 +233,8 @@ def run_bench(
         rounds=rounds,
         steps_per_round=steps,
         dataset=dataset,
+        architecture=architecture,
+        batch=f"{config.discriminator_batch} labeled, real and generated; {config.batch_size} for the generator",
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
@@ -216,8 +249,8 @@ def format_result(result: BenchResult, as_json: bool) -> str:
     r = result
     return "\n".join(
         [
-            f"SGAN training step, batch 100 ({r.dataset}), median of {r.rounds} interleaved rounds of "
-            f"{r.steps_per_round} steps",
+            f"SGAN training step, {r.architecture} networks, batch {r.batch} ({r.dataset}), median of "
+            f"{r.rounds} interleaved rounds of {r.steps_per_round} steps",
             f"  ours       {r.ours_ms_per_step:8.1f} ms/step  {r.ours_images_per_second:7.0f} images/s"
             f"  ({r.ours_precision})",
             f"  reference  {r.reference_ms_per_step:8.1f} ms/step  {r.reference_images_per_second:7.0f} images/s"

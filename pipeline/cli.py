@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 from pipeline.config import (
+    ARCHITECTURES,
     DATASETS,
     GENERATOR_LOSSES,
+    LABELED_SUBSETS,
     METHODS,
     PRECISIONS,
     PROFILES,
@@ -59,6 +61,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", default="float32", help="float32 (default) or bfloat16 (mixed precision, float32 weights)"
     )
+    parser.add_argument(
+        "--architecture", default="mlm", help=f"the networks: {', '.join(ARCHITECTURES)} (default mlm; see README)"
+    )
+    parser.add_argument(
+        "--labeled-subset",
+        default="balanced",
+        help=f"{' or '.join(LABELED_SUBSETS)}: seeded class-balanced labeled images (default), or the first N",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -69,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sgan", "train a semi-supervised GAN"),
         ("cnn", "train the CNN baseline (the SGAN's classifier and optimizer, labeled images only)"),
         ("cnn_tuned", "train the tuned CNN baseline (recipe chosen by a search on the validation split)"),
+        ("cnn_source", "train the CNN baseline exactly as the architecture's source does (gans_in_action)"),
     ):
         sub = commands.add_parser(method, help=help_text)
         sub.add_argument("--labels", type=int, default=100, help="labeled training examples (default 100)")
@@ -78,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--resume", default="", help="continue this unfinished run (same settings) from its last checkpoint"
         )
         add_run_arguments(sub)
+        if method == "cnn_source":  # only an architecture whose source trains a baseline has one
+            sub.set_defaults(architecture="gans_in_action")
     for name, help_text in (
         ("sweep", "train every (method, labels, seed) of a grid, each as a nested child run"),
         ("main", "sweep, then report"),
@@ -107,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     sub.add_argument("--steps", type=int, default=10, help="steps per round and method (default 10)")
     sub.add_argument("--precision", default="float32", help="our trainer's precision: float32 or bfloat16")
+    sub.add_argument("--architecture", default="mlm", help=f"{' or '.join(ARCHITECTURES)}, each with its protocol")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -124,6 +138,8 @@ def run_single(args: argparse.Namespace) -> int:
         experiment=args.experiment or None,
         precision=args.precision,
         generator_loss=args.generator_loss,
+        architecture=args.architecture,
+        labeled_subset=args.labeled_subset,
     )
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
@@ -140,14 +156,16 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         parse_list("methods", args.methods),
         parse_list("labels", args.labels, int),
         parse_list("seeds", args.seeds, int),
-        args.dataset,
-        args.profile,
         parse_list("variant", args.variant),
-        args.epochs,
-        experiment,
-        args.steps_per_epoch,
-        args.precision,
         parse_list("generator_loss", args.generator_loss),
+        dataset=args.dataset,
+        profile=args.profile,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        experiment=experiment,
+        precision=args.precision,
+        architecture=args.architecture,
+        labeled_subset=args.labeled_subset,
     )
     params = {
         "methods": args.methods,
@@ -160,6 +178,8 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         "num_epochs": trials[0].config.epochs,
         "steps_per_epoch": trials[0].config.steps_per_epoch,
         "precision": args.precision,
+        "architecture": args.architecture,
+        "labeled_subset": args.labeled_subset,
     }
     result = run_sweep(trials, experiment, bool(args.experiment), args.max_parallel, args.force, not args.quiet, params)
     return (1 if result.failed else 0), result.experiment, result.parent_run_id
@@ -194,7 +214,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
         _positive_ints(rounds=args.rounds, steps=args.steps)
         check_choice("precision", args.precision, PRECISIONS)
-        print(format_result(run_bench(args.dataset, args.rounds, args.steps, args.precision), args.json))
+        check_choice("architecture", args.architecture, list(ARCHITECTURES))
+        result = run_bench(args.dataset, args.rounds, args.steps, args.precision, architecture=args.architecture)
+        print(format_result(result, args.json))
         return 0
     if args.command == "report":
         if args.tracking_uri:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 DATASETS = ("mnist", "fashion_mnist", "digits")
 VARIANTS = ("stacked", "two_head", "k_plus_one")
-METHODS = ("sgan", "cnn", "cnn_tuned")
-BASELINES = ("cnn", "cnn_tuned")  # supervised methods: the same network, no generator
+METHODS = ("sgan", "cnn", "cnn_tuned", "cnn_source")
+BASELINES = ("cnn", "cnn_tuned", "cnn_source")  # supervised methods: the same network, no generator
+LABELED_SUBSETS = ("balanced", "first")  # seeded and class-balanced; or the first N images, as one source does
 PRECISIONS = ("float32", "bfloat16")  # bfloat16: mixed precision, float32 weights
 GENERATOR_LOSSES = ("non_saturating", "feature_matching")
 NUM_CLASSES = 10  # every supported dataset has ten classes
@@ -34,10 +35,38 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Architecture:
+    """The networks of one source, and the supervised baseline that source trains (`cnn_source`), as
+    RunConfig fields plus `epochs`: full passes over the labeled images, like Keras' `fit`."""
+
+    why: str
+    source_baseline: dict[str, object] | None = None
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mlm": Architecture(
+        "the Machine Learning Mastery tutorial's networks (Odena 2016 / Salimans et al. 2016 style): 3x 128-filter "
+        "convolutions, LeakyReLU 0.2, no BatchNorm; its source trains no supervised baseline"
+    ),
+    "gans_in_action": Architecture(
+        "GANs in Action (Langr and Bok), chapter 7: convolutions of 32/64/128 filters with BatchNorm, LeakyReLU "
+        "0.01, dropout 0.5; a BatchNorm generator from 7x7x256",
+        {"epochs": 30, "batch_size": 32, "discriminator_batch": 32, "learning_rate": 1e-3, "beta_1": 0.9},
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Profile:
+    """A protocol: the training budget and the optimizer and batch settings every method of it uses."""
+
     epochs: int
     steps_per_epoch: int
     why: str
+    batch_size: int = 100  # generated images per generator update
+    discriminator_batch: int = 50  # labeled, real and generated images per discriminator update
+    learning_rate: float = 2e-4
+    beta_1: float = 0.5
 
 
 PROFILES: dict[str, Profile] = {
@@ -49,6 +78,16 @@ PROFILES: dict[str, Profile] = {
         "steps (a twentieth of the reference protocol) already separate the SGAN from the CNN at 100 labels",
     ),
     "paper": Profile(20, 600, "the reference protocol: 20 epochs of 600 steps of batch 100 (one MNIST pass per epoch)"),
+    "gans_in_action": Profile(
+        10,
+        800,
+        "the GANs in Action protocol: 8,000 iterations of batch 32 (labeled, unlabeled and generated alike), Adam "
+        "with Keras' defaults, logged as 10 epochs of 800 (the book's sampling interval)",
+        batch_size=32,
+        discriminator_batch=32,
+        learning_rate=1e-3,
+        beta_1=0.9,
+    ),
 }
 
 
@@ -65,7 +104,8 @@ class RunConfig:
     epochs: int = PROFILES["quick"].epochs
     steps_per_epoch: int = PROFILES["quick"].steps_per_epoch
     experiment: str = ""
-    batch_size: int = 100  # the reference's batch: half labeled, half real and half generated
+    batch_size: int = 100  # generated images per generator update
+    discriminator_batch: int = 50  # labeled, real and generated images per discriminator update
     latent_dim: int = 100
     learning_rate: float = 2e-4
     beta_1: float = 0.5
@@ -77,35 +117,54 @@ class RunConfig:
     weight_decay: float = 0.0  # decoupled (AdamW); 0 is plain Adam
     augment: str = "none"  # of the labeled images, for the supervised update
     select_epoch: str = "last"  # "best_validation": report the epoch with the best validation accuracy
-
-    @property
-    def half_batch(self) -> int:
-        return self.batch_size // 2
+    architecture: str = "mlm"
+    labeled_subset: str = "balanced"
+    source_epochs: int = 0  # cnn_source: passes over the labeled images (0 for every other method)
 
     @property
     def train_epochs(self) -> int:
-        """Epochs actually trained: the protocol's, or for `cnn_tuned` a multiple of them (early stopping
-        on the validation split decides which epoch counts)."""
+        """Epochs actually trained: the protocol's; for `cnn_tuned` a multiple of them (early stopping
+        on the validation split decides which epoch counts); for `cnn_source` its source's count."""
+        if self.method == "cnn_source":
+            return self.source_epochs
         return self.epochs * (TUNED_EPOCH_FACTOR if self.method == "cnn_tuned" else 1)
 
     @property
+    def train_steps_per_epoch(self) -> int:
+        """Steps per trained epoch: the protocol's, or for `cnn_source` one pass over the labeled images
+        (the last batch smaller, as in Keras' `fit`)."""
+        if self.method == "cnn_source":
+            return -(-self.labels // self.discriminator_batch)
+        return self.steps_per_epoch
+
+    @property
+    def labeled_sampling(self) -> str:
+        """How labeled batches are drawn: `uniform` (with replacement, every step) or `passes` (shuffled
+        passes over the labeled images, the supervised recipe of `cnn_source`)."""
+        return "passes" if self.method == "cnn_source" else "uniform"
+
+    @property
     def total_steps(self) -> int:
-        return self.train_epochs * self.steps_per_epoch
+        return self.train_epochs * self.train_steps_per_epoch
 
     @property
     def protocol(self) -> str:
-        """The training budget runs are compared under: the profile and its epochs x steps."""
-        return f"{self.profile} {self.epochs}x{self.steps_per_epoch}"
+        """The training budget runs are compared under: the profile and its epochs x steps, and the rule
+        that picked the labeled images when it is not the default."""
+        rule = "" if self.labeled_subset == "balanced" else f", {self.labeled_subset} {self.labels} labeled"
+        return f"{self.profile} {self.epochs}x{self.steps_per_epoch}{rule}"
 
     @property
     def arm(self) -> str:
-        return arm_name(self.method, self.variant, self.generator_loss, self.precision)
+        return arm_name(self.method, self.variant, self.generator_loss, self.precision, self.architecture)
 
     @property
     def run_name(self) -> str:
         tag = f"{self.method}-{self.variant}" if self.method == "sgan" else self.method
         if self.method == "sgan" and self.generator_loss == "feature_matching":
             tag += "-fm"
+        if self.architecture != "mlm":
+            tag += f"-{self.architecture}"
         return f"{tag}-{self.dataset}-L{self.labels}-s{self.seed}"
 
     def as_params(self) -> dict[str, object]:
@@ -118,9 +177,16 @@ class RunConfig:
         return params
 
 
-def arm_name(method: str, variant: str, generator_loss: str = "non_saturating", precision: str = "float32") -> str:
+def arm_name(
+    method: str,
+    variant: str,
+    generator_loss: str = "non_saturating",
+    precision: str = "float32",
+    architecture: str = "mlm",
+) -> str:
     """An arm is everything that defines a method's recipe (not the data, the protocol or the seed), as
-    one readable name: `sgan stacked`, `sgan two_head feature matching bfloat16`, `cnn_tuned`."""
+    one readable name: `sgan stacked`, `sgan two_head feature matching bfloat16`, `cnn_tuned`,
+    `cnn_source gans_in_action`."""
     parts = [method]
     if method == "sgan":
         parts.append(variant)
@@ -128,6 +194,8 @@ def arm_name(method: str, variant: str, generator_loss: str = "non_saturating", 
             parts.append(generator_loss.replace("_", " "))
     if precision != "float32":
         parts.append(precision)
+    if architecture != "mlm":
+        parts.append(architecture)
     return " ".join(parts)
 
 
@@ -163,20 +231,40 @@ def resolve_config(
     experiment: str | None = None,
     precision: str = "float32",
     generator_loss: str = "non_saturating",
+    architecture: str = "mlm",
+    labeled_subset: str = "balanced",
 ) -> RunConfig:
-    """Validate user settings and fill in the profile's values; explicit values win."""
+    """Validate user settings and fill in the profile's values; explicit values win. `cnn_source`
+    takes its optimizer, batch and epochs from its architecture's source instead of the profile."""
     check_choice("method", method, METHODS)
     check_choice("dataset", dataset, DATASETS)
     check_choice("profile", profile, list(PROFILES))
     check_choice("variant", variant, VARIANTS)
     check_choice("precision", precision, PRECISIONS)
     check_choice("generator_loss", generator_loss, GENERATOR_LOSSES)
+    check_choice("architecture", architecture, list(ARCHITECTURES))
+    check_choice("labeled_subset", labeled_subset, LABELED_SUBSETS)
+    source = ARCHITECTURES[architecture].source_baseline
+    if method == "cnn_source" and source is None:
+        with_one = ", ".join(name for name, known in ARCHITECTURES.items() if known.source_baseline)
+        raise ConfigError(
+            f"method=cnn_source: architecture={architecture!r} has no supervised baseline in its source; "
+            f"use cnn or cnn_tuned, or an architecture with one ({with_one})"
+        )
     validate_labels(labels)
     _positive("epochs", epochs)
     _positive("steps_per_epoch", steps_per_epoch)
     if seed < 0:
         raise ConfigError(f"seed={seed} must be zero or positive")
     chosen = PROFILES[profile]
+    recipe = {
+        "batch_size": chosen.batch_size,
+        "discriminator_batch": chosen.discriminator_batch,
+        "learning_rate": chosen.learning_rate,
+        "beta_1": chosen.beta_1,
+    }
+    if method == "cnn_source":
+        recipe = {**{k: v for k, v in source.items() if k != "epochs"}, "source_epochs": source["epochs"]}
     return RunConfig(
         method=method,
         dataset=dataset,
@@ -190,6 +278,9 @@ def resolve_config(
         precision=precision,
         generator_loss=generator_loss if method == "sgan" else "none",
         select_epoch="best_validation" if method == "cnn_tuned" else "last",
+        architecture=architecture,
+        labeled_subset=labeled_subset,
+        **recipe,
     )
 
 
@@ -200,7 +291,12 @@ def default_experiment(dataset: str, profile: str) -> str:
 # Settings added after runs were first logged, left out of the fingerprint at their default so that
 # those runs still match (a sweep resumed with newer code reuses them). Fingerprints start anew with
 # FINGERPRINT_VERSION 2: the validation split changed which images may be labeled.
-LATER_DEFAULTS: dict[str, object] = {}
+LATER_DEFAULTS: dict[str, object] = {
+    "discriminator_batch": 50,
+    "architecture": "mlm",
+    "labeled_subset": "balanced",
+    "source_epochs": 0,
+}
 FINGERPRINT_VERSION = 2
 
 

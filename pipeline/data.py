@@ -213,21 +213,27 @@ def labeled_subset(
     seed: int,
     num_classes: int = NUM_CLASSES,
     excluded: np.ndarray | None = None,
+    rule: str = "balanced",
 ) -> np.ndarray:
-    """Class-balanced indices into the training split, drawn without replacement from outside
-    `excluded` (the validation split).
+    """Indices into the training split of the labeled images, from outside `excluded` (the validation
+    split).
 
-    Depends only on (labels of the dataset, excluded, labels, seed), so every method run with the same
-    seed sees the same labeled images. When `labels` does not divide by the number of classes, the
-    remainder goes to classes chosen by the seed.
+    `balanced` (the default): class-balanced, drawn without replacement; depends only on (labels of the
+    dataset, excluded, labels, seed), so every method run with the same seed sees the same labeled
+    images. When `labels` does not divide by the number of classes, the remainder goes to classes chosen
+    by the seed. `first`: the first `labels` images in file order, whatever their classes and the seed
+    (the GANs in Action notebook's rule, for replicating it; here the validation split's images are
+    skipped, so it is the notebook's set only where none of them falls among its first images).
     """
     validate_labels(labels, num_classes)
-    rng = np.random.default_rng([seed, labels])
-    per_class = np.full(num_classes, labels // num_classes)
-    per_class[rng.choice(num_classes, labels % num_classes, replace=False)] += 1
     open_to_labels = np.ones(len(y), bool)
     if excluded is not None:
         open_to_labels[excluded] = False
+    if rule == "first":
+        return np.flatnonzero(open_to_labels)[:labels]
+    rng = np.random.default_rng([seed, labels])
+    per_class = np.full(num_classes, labels // num_classes)
+    per_class[rng.choice(num_classes, labels % num_classes, replace=False)] += 1
     chosen = []
     for cls in range(num_classes):
         pool = np.flatnonzero((y == cls) & open_to_labels)

@@ -1,4 +1,7 @@
-"""The reference SGAN networks (Odena 2016 / Salimans et al. 2016 as in the classic Keras tutorial).
+"""The SGAN networks of the two sources, by `architecture`:
+
+- `mlm`: the Machine Learning Mastery tutorial's (Odena 2016 / Salimans et al. 2016 style);
+- `gans_in_action`: GANs in Action (Langr and Bok), chapter 7, with BatchNorm in both networks.
 
 The discriminator returns `(class_logits, aux)`: K class logits, and for the variants that need it one
 extra logit (`two_head`: the real/fake logit; `k_plus_one`: the logit of the "generated" class). How
@@ -25,23 +28,40 @@ class SGANModels:
     generator: keras.Model | None  # latent -> image in [-1, 1]; None for the CNN baseline
     features: keras.Model  # image -> the discriminator's last hidden features (shares its layers)
     classifier_ema: keras.Model  # a separate classifier holding the moving average of the weights
+    architecture: str = "mlm"
 
 
-def discriminator_body(inputs: keras.KerasTensor) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Three stride-2 3x3 convolutions of 128 filters with LeakyReLU 0.2, flattened (the hidden
-    features that feature matching compares), then dropout 0.4. Returns (features, dropped out)."""
+def discriminator_body(inputs: keras.KerasTensor, architecture: str = "mlm") -> tuple[keras.KerasTensor, ...]:
+    """Returns (features, dropped out): the flattened last hidden features (what feature matching
+    compares), and the same after dropout (what the heads read).
+
+    `mlm`: three stride-2 3x3 convolutions of 128 filters with LeakyReLU 0.2, dropout 0.4.
+    `gans_in_action`: stride-2 3x3 convolutions of 32, 64 and 128 filters, BatchNorm after the second
+    and third, LeakyReLU 0.01, dropout 0.5 (the book drops out before flattening; element-wise dropout
+    is the same function either side of a reshape)."""
     x = inputs
-    for i in range(3):
-        x = layers.Conv2D(128, 3, strides=2, padding="same", name=f"conv{i + 1}")(x)
-        x = layers.LeakyReLU(0.2, name=f"lrelu{i + 1}")(x)
+    if architecture == "gans_in_action":
+        for i, filters in enumerate((32, 64, 128)):
+            x = layers.Conv2D(filters, 3, strides=2, padding="same", name=f"conv{i + 1}")(x)
+            if i:
+                x = layers.BatchNormalization(name=f"batchnorm{i + 1}")(x)
+            x = layers.LeakyReLU(0.01, name=f"lrelu{i + 1}")(x)
+        rate = 0.5
+    else:
+        for i in range(3):
+            x = layers.Conv2D(128, 3, strides=2, padding="same", name=f"conv{i + 1}")(x)
+            x = layers.LeakyReLU(0.2, name=f"lrelu{i + 1}")(x)
+        rate = 0.4
     features = layers.Flatten(name="flatten")(x)
-    return features, layers.Dropout(0.4, name="dropout")(features)
+    return features, layers.Dropout(rate, name="dropout")(features)
 
 
-def build_discriminator(variant: str, num_classes: int) -> tuple[keras.Model, keras.Model, keras.Model]:
+def build_discriminator(
+    variant: str, num_classes: int, architecture: str = "mlm"
+) -> tuple[keras.Model, keras.Model, keras.Model]:
     """Return (discriminator, classifier, features); `variant="none"` builds a baseline's classifier."""
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    features, dropped = discriminator_body(inputs)
+    features, dropped = discriminator_body(inputs, architecture)
     class_logits = layers.Dense(num_classes, name="class_logits")(dropped)
     outputs = [class_logits]
     if variant in ("two_head", "k_plus_one"):
@@ -103,12 +123,23 @@ def _shift_add(planes: tf.Tensor, kh: int, kw: int) -> tf.Tensor:
     return shift_add(planes)
 
 
-def build_generator(latent_dim: int, portable: bool = False) -> keras.Model:
-    """Dense 7x7x128, two 4x4 stride-2 transposed convolutions to 28x28, a 7x7 tanh convolution.
-
-    `portable=True` uses the stock `Conv2D` for the last layer (for saving, and for the bench's
-    reference); the default uses the faster `ImageConv2D`."""
+def build_generator(latent_dim: int, portable: bool = False, architecture: str = "mlm") -> keras.Model:
+    """`mlm`: Dense 7x7x128, two 4x4 stride-2 transposed convolutions to 28x28 (LeakyReLU 0.2), a 7x7
+    tanh convolution; `portable=True` uses the stock `Conv2D` for that last layer (for saving, and for
+    the bench's reference), the default the faster `ImageConv2D`.
+    `gans_in_action`: Dense 7x7x256 (no activation), 3x3 transposed convolutions of 128 (stride 2) and
+    64 (stride 1) each with BatchNorm and LeakyReLU 0.01, then one of 1 filter (stride 2) and tanh."""
     z = keras.Input((latent_dim,), name="latent")
+    if architecture == "gans_in_action":
+        x = layers.Dense(7 * 7 * 256, name="project")(z)
+        x = layers.Reshape((7, 7, 256))(x)
+        for i, (filters, stride) in enumerate(((128, 2), (64, 1))):
+            x = layers.Conv2DTranspose(filters, 3, strides=stride, padding="same", name=f"upsample{i + 1}")(x)
+            x = layers.BatchNormalization(name=f"batchnorm{i + 1}")(x)
+            x = layers.LeakyReLU(0.01)(x)
+        x = layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="upsample3")(x)
+        image = layers.Activation("tanh", name="image", dtype="float32")(x)
+        return keras.Model(z, image, name="generator")
     x = layers.Dense(7 * 7 * 128, name="project")(z)
     x = layers.LeakyReLU(0.2)(x)
     x = layers.Reshape((7, 7, 128))(x)
@@ -120,16 +151,22 @@ def build_generator(latent_dim: int, portable: bool = False) -> keras.Model:
     return keras.Model(z, image, name="generator")
 
 
-def portable_generator(generator: keras.Model) -> keras.Model:
+def portable_generator(generator: keras.Model, architecture: str = "mlm") -> keras.Model:
     """A copy of `generator` made of stock Keras layers, so it loads anywhere without this package."""
     latent_dim = generator.input_shape[-1]
-    copy = build_generator(latent_dim, portable=True)
+    copy = build_generator(latent_dim, portable=True, architecture=architecture)
     copy.set_weights(generator.get_weights())
     return copy
 
 
 def build_models(
-    method: str, variant: str, num_classes: int, latent_dim: int, seed: int, precision: str = "float32"
+    method: str,
+    variant: str,
+    num_classes: int,
+    latent_dim: int,
+    seed: int,
+    precision: str = "float32",
+    architecture: str = "mlm",
 ) -> SGANModels:
     """Seeded so that the same seed gives the same initial weights (the discriminator is built first,
     so the CNN baseline starts from the same body and class head as the `stacked` SGAN).
@@ -141,10 +178,11 @@ def build_models(
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        discriminator, classifier, features = build_discriminator(variant if method == "sgan" else "none", num_classes)
-        generator = build_generator(latent_dim) if method == "sgan" else None
-        classifier_ema = build_discriminator("none", num_classes)[1]
+        head = variant if method == "sgan" else "none"
+        discriminator, classifier, features = build_discriminator(head, num_classes, architecture)
+        generator = build_generator(latent_dim, architecture=architecture) if method == "sgan" else None
+        classifier_ema = build_discriminator("none", num_classes, architecture)[1]
     finally:
         keras.config.set_dtype_policy(previous)
     classifier_ema.set_weights(classifier.get_weights())
-    return SGANModels(discriminator, classifier, generator, features, classifier_ema)
+    return SGANModels(discriminator, classifier, generator, features, classifier_ema, architecture)

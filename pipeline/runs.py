@@ -61,7 +61,9 @@ def train_run(
     configuration and data from its last checkpoint, in place."""
     check_tracking_uri()
     dataset = load_dataset(config.dataset)
-    indices = labeled_subset(dataset.y_train, config.labels, config.seed, dataset.num_classes, dataset.validation)
+    indices = labeled_subset(
+        dataset.y_train, config.labels, config.seed, dataset.num_classes, dataset.validation, config.labeled_subset
+    )
     config_fingerprint = fingerprint(config, dataset.checksum)  # the experiment is not part of it
     if resume:
         experiment_id = resumable_run(resume, config_fingerprint).info.experiment_id
@@ -87,7 +89,13 @@ def train_run(
                 raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
             started = time.perf_counter()
             models = build_models(
-                config.method, config.variant, dataset.num_classes, config.latent_dim, config.seed, config.precision
+                config.method,
+                config.variant,
+                dataset.num_classes,
+                config.latent_dim,
+                config.seed,
+                config.precision,
+                config.architecture,
             )
             trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train[dataset.pool])
             state = restore_checkpoint(run.info.run_id, trainer) if resume else None
@@ -201,8 +209,11 @@ def tuned_recipe(
     found = newest_run(experiment_id, f"tags.{SEARCH_TAG} = '{key}' and attributes.status = 'FINISHED'")
     if found:
         return json.loads(found.data.params["chosen_recipe"]), found.info.run_id
-    indices = labeled_subset(dataset.y_train, config.labels, SEARCH_SEED, dataset.num_classes, dataset.validation)
-    name = f"cnn_tuned-search-{config.dataset}-L{config.labels}"
+    indices = labeled_subset(
+        dataset.y_train, config.labels, SEARCH_SEED, dataset.num_classes, dataset.validation, config.labeled_subset
+    )
+    suffix = "" if config.architecture == "mlm" else f"-{config.architecture}"
+    name = f"cnn_tuned-search{suffix}-{config.dataset}-L{config.labels}"
     done = 0
 
     def on_candidate(candidate: Candidate) -> None:
@@ -234,6 +245,7 @@ def tuned_recipe(
                 "dataset": config.dataset,
                 "protocol": config.protocol,
                 "precision": config.precision,
+                "architecture": config.architecture,
                 "search_space": json.dumps(TUNED_SEARCH_SPACE),
                 "search_seed": SEARCH_SEED,
                 "max_epochs": config.train_epochs,

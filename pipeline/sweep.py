@@ -42,6 +42,7 @@ class Trial:
 class Outcome:
     name: str
     method: str
+    arm: str
     labels: int
     seed: int
     status: str  # FINISHED or FAILED
@@ -70,19 +71,15 @@ def plan_trials(
     methods: list[str],
     labels: list[int],
     seeds: list[int],
-    dataset: str,
-    profile: str,
-    variants: list[str],
-    epochs: int | None,
-    experiment: str,
-    steps_per_epoch: int | None = None,
-    precision: str = "float32",
+    variants: list[str] = ("stacked",),
     generator_losses: list[str] = ("non_saturating",),
+    **settings,
 ) -> list[Trial]:
-    """Validate the whole grid, data included, before anything trains. An SGAN trial is made for
-    every variant x generator loss (each its own arm). Trials are ordered label count by label count
-    in the order given, then seed by seed, so that the arms of one (labels, seed) run back to back:
-    partial sweeps stay paired."""
+    """Validate the whole grid, data included, before anything trains. `settings` are the other
+    `resolve_config` settings, shared by every trial. An SGAN trial is made for every variant x
+    generator loss (each its own arm). Trials are ordered label count by label count in the order
+    given, then seed by seed, so that the arms of one (labels, seed) run back to back: partial sweeps
+    stay paired."""
     recipes = [
         (method, variant, loss)
         for method in methods
@@ -91,16 +88,14 @@ def plan_trials(
         )
     ]
     configs = [
-        resolve_config(
-            method, dataset, count, seed, profile, variant, epochs, steps_per_epoch, experiment, precision, loss
-        )
+        resolve_config(method, labels=count, seed=seed, variant=variant, generator_loss=loss, **settings)
         for count in labels
         for seed in seeds
         for method, variant, loss in recipes
     ]
-    data = load_dataset(dataset)
+    data = load_dataset(configs[0].dataset)
     for count in labels:  # rejects counts a class cannot supply outside the validation split
-        labeled_subset(data.y_train, count, 0, data.num_classes, data.validation)
+        labeled_subset(data.y_train, count, 0, data.num_classes, data.validation, configs[0].labeled_subset)
     return [Trial(config, fingerprint(config, data.checksum)) for config in configs]
 
 
@@ -109,19 +104,26 @@ def latest_run(experiment_id: str, trial: Trial, condition: str) -> mlflow.entit
     return newest_run(experiment_id, f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and {condition}")
 
 
+# RunConfig fields a trial passes on to `python -m pipeline <method>` as `--<field-with-dashes>`: the
+# same names as the CLI's options and the MLproject's parameters (tests/test_mlproject.py checks both).
+TRIAL_SETTINGS = ("dataset", "labels", "seed", "profile", "epochs", "steps_per_epoch", "experiment", "precision")
+TRIAL_SETTINGS += ("architecture", "labeled_subset")
+SGAN_SETTINGS = ("variant", "generator_loss")
+
+
 def trial_command(config: RunConfig, parent_run_id: str) -> list[str]:
-    command = [sys.executable, "-m", "pipeline", config.method, "--dataset", config.dataset]
-    command += ["--labels", str(config.labels), "--seed", str(config.seed), "--profile", config.profile]
-    command += ["--epochs", str(config.epochs), "--steps-per-epoch", str(config.steps_per_epoch)]
-    command += ["--experiment", config.experiment, "--parent-run-id", parent_run_id, "--precision", config.precision]
-    if config.method == "sgan":
-        command += ["--variant", config.variant, "--generator-loss", config.generator_loss]
+    names = TRIAL_SETTINGS + (SGAN_SETTINGS if config.method == "sgan" else ())
+    command = [sys.executable, "-m", "pipeline", config.method, "--parent-run-id", parent_run_id]
+    for name in names:
+        command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     return command
 
 
 def _outcome(trial: Trial, status: str, run_id: str | None, reused: bool, seconds: float = 0.0) -> Outcome:
     config = trial.config
-    return Outcome(config.run_name, config.method, config.labels, config.seed, status, run_id, None, reused, seconds)
+    return Outcome(
+        config.run_name, config.method, config.arm, config.labels, config.seed, status, run_id, None, reused, seconds
+    )
 
 
 def _last_error(log: Path) -> str:
@@ -271,12 +273,12 @@ class Progress:
         self.total, self.parallel, self.verbose = total, parallel, verbose
         self.done, self.started = 0, time.perf_counter()
         self.durations: dict[str, list[float]] = {}
-        self.running: dict[str, tuple[str, float, float]] = {}  # name -> (method, elapsed, projected total)
+        self.running: dict[str, tuple[str, float, float]] = {}  # name -> (arm, elapsed, projected total)
         self.lock = threading.Lock()
 
     def _left(self, trial: Trial) -> float | None:
-        """Seconds until `trial` ends: what a running trial has left, else the method's mean duration."""
-        name, method = trial.config.run_name, trial.config.method
+        """Seconds until `trial` ends: what a running trial has left, else its arm's mean duration."""
+        name, method = trial.config.run_name, trial.config.arm
         if name in self.running:
             _, elapsed, total = self.running[name]
             return max(total - elapsed, 0.0)
@@ -287,7 +289,7 @@ class Progress:
     def eta(self, remaining: list[Trial]) -> str:
         guesses = [self._left(t) for t in remaining]
         if None in guesses:
-            missing = sorted({t.config.method for t, g in zip(remaining, guesses, strict=True) if g is None})
+            missing = sorted({t.config.arm for t, g in zip(remaining, guesses, strict=True) if g is None})
             return f"ETA unknown until a {', '.join(missing)} trial is measured"
         return f"ETA {_clock(sum(guesses) / self.parallel)}"
 
@@ -295,7 +297,7 @@ class Progress:
         """A running trial finished an epoch `seconds` into its training."""
         with self.lock:
             projected = seconds * total / epoch
-            self.running[trial.config.run_name] = (trial.config.method, seconds, projected)
+            self.running[trial.config.run_name] = (trial.config.arm, seconds, projected)
             if self.verbose:
                 left = _clock(projected - seconds)
                 print(
@@ -308,8 +310,8 @@ class Progress:
         with self.lock:
             self.running.pop(outcome.name, None)
             self.done += 1
-            if outcome.seconds:  # a reused run's duration is a measurement of its method too
-                self.durations.setdefault(outcome.method, []).append(outcome.seconds)
+            if outcome.seconds:  # a reused run's duration is a measurement of its arm too
+                self.durations.setdefault(outcome.arm, []).append(outcome.seconds)
             if not self.verbose:
                 return
             if outcome.status == "FINISHED":

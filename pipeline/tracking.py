@@ -106,6 +106,7 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray, con
             "variant": config.variant,
             "dataset": config.dataset,
             "arm": config.arm,
+            "architecture": config.architecture,
             "protocol": config.protocol,
             FINGERPRINT_TAG: config_fingerprint,
         }
@@ -116,6 +117,7 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray, con
             "labels_per_class": counts,
             "labels": config.labels,
             "seed": config.seed,
+            "rule": config.labeled_subset,
             "validation_indices": dataset.validation.tolist(),
         },
         "labeled_subset.json",
@@ -159,7 +161,8 @@ def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray) -> No
     example = images[:2].astype(np.float32)
     logged = [("classifier", models.classifier, example), ("classifier_ema", models.classifier_ema, example)]
     if models.generator is not None:
-        logged.append(("generator", portable_generator(models.generator), latent[:2].astype(np.float32)))
+        generator = portable_generator(models.generator, models.architecture)
+        logged.append(("generator", generator, latent[:2].astype(np.float32)))
     keras.config.disable_interactive_logging()  # MLflow's example checks would print progress bars
     try:
         for name, model, example in logged:

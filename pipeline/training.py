@@ -5,6 +5,13 @@ freezing it inside a composite GAN model trains nothing in Keras 3. Data lives o
 constants and batches are drawn on the graph, and `train_steps(n)` runs n steps in one call so the
 host is not consulted between steps. After every step an exponential moving average (EMA) of the
 classifier's weights is updated; both the raw and the averaged classifier are evaluated each epoch.
+
+BatchNorm (the `gans_in_action` networks), as in that book's Keras 2 code: every update runs its
+networks in training mode (batch statistics; dropout on). The discriminator's updates (labeled, real,
+generated) move its moving statistics; the generated images it is trained on come from the generator
+in inference mode (its moving statistics, as the book's `generator.predict`); the generator's update
+moves the generator's moving statistics and leaves the discriminator's as they were (the book's
+discriminator is frozen there). Evaluation uses the moving statistics.
 """
 
 from __future__ import annotations
@@ -75,8 +82,37 @@ def _apply(optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss, v
     optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables, strict=True) if g is not None])
 
 
+def moving_statistics(model: keras.Model) -> list[tf.Variable]:
+    """The BatchNorm moving means and variances of a model (none in the `mlm` networks)."""
+    return [
+        variable
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for variable in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+class LabeledPasses:
+    """Shuffled passes over the labeled images, `batch` at a time and the last batch of a pass smaller,
+    as Keras' `fit(shuffle=True)` draws them: the supervised recipe of `cnn_source`. Its state (the
+    pass's order and the position in it) is checkpointed with the rest."""
+
+    def __init__(self, count: int, batch: int, rng: tf.random.Generator):
+        self.count, self.batch, self.rng = count, batch, rng
+        self.order = tf.Variable(tf.range(count, dtype=tf.int64), trainable=False, name="labeled_order")
+        self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="labeled_position")
+
+    def next(self) -> tf.Tensor:
+        if self.position == 0:
+            self.order.assign(tf.cast(tf.argsort(self.rng.uniform([self.count])), tf.int64))
+        end = tf.minimum(self.position + self.batch, self.count)
+        indices = self.order[self.position : end]
+        self.position.assign(tf.where(end >= self.count, tf.constant(0, tf.int64), end))
+        return indices
+
+
 class Trainer:
-    """The CNN baseline: supervised updates on the labeled subset only."""
+    """The CNN baselines: supervised updates on the labeled subset only."""
 
     loss_names: tuple[str, ...] = ("loss_supervised",)
 
@@ -87,6 +123,9 @@ class Trainer:
         self.x_labeled = tf.constant(x_labeled, tf.float32)
         self.y_labeled = tf.constant(y_labeled, tf.int64)
         self.x_unlabeled = tf.constant(x_unlabeled, tf.float32)
+        self.passes = None
+        if config.labeled_sampling == "passes":
+            self.passes = LabeledPasses(len(x_labeled), config.discriminator_batch, self.rng)
         self.supervised_optimizer = make_optimizer(config)
         self.supervised_optimizer.build(models.discriminator.trainable_variables)
         self.average = MovingAverage(models.classifier, models.classifier_ema, config.ema_decay)
@@ -106,7 +145,10 @@ class Trainer:
         return self.rng.uniform([n], 0, tf.shape(images, out_type=tf.int64)[0], dtype=tf.int64)
 
     def _supervised_update(self) -> tf.Tensor:
-        idx = self._sample(self.x_labeled, self.config.half_batch)
+        if self.passes is not None:
+            idx = self.passes.next()
+        else:
+            idx = self._sample(self.x_labeled, self.config.discriminator_batch)
         x, y = tf.gather(self.x_labeled, idx), tf.gather(self.y_labeled, idx)
         if self.config.augment == "shift":
             x = shift_images(x, self.rng)
@@ -130,6 +172,8 @@ class Trainer:
             "ema_updates": [self.average.updates],
             "rng": [self.rng.state],
         }
+        if self.passes is not None:
+            groups["labeled_passes"] = [self.passes.order, self.passes.position]
         return {f"{group}/{i}": v for group, variables in groups.items() for i, v in enumerate(variables)}
 
     def _steps(self, n: tf.Tensor) -> tf.Tensor:
@@ -172,6 +216,7 @@ class SGANTrainer(Trainer):
         self.unsupervised_optimizer.build(models.discriminator.trainable_variables)
         self.generator_optimizer = make_optimizer(config)
         self.generator_optimizer.build(models.generator.trainable_variables)
+        self.discriminator_statistics = moving_statistics(models.discriminator)
 
     def _real_logit(self, x: tf.Tensor, training: bool = True) -> tf.Tensor:
         return real_logit(self.config.variant, self._discriminate(x, training))
@@ -199,20 +244,29 @@ class SGANTrainer(Trainer):
         return self.rng.normal([n, self.config.latent_dim])
 
     def _step(self) -> list[tf.Tensor]:
-        half = self.config.half_batch
-        generator = self.models.generator
+        half = self.config.discriminator_batch
         loss_sup = self._supervised_update()
         real = tf.gather(self.x_unlabeled, self._sample(self.x_unlabeled, half))
         loss_real = self._unsupervised_update(real, is_real=True)
-        loss_fake = self._unsupervised_update(generator(self._latent(half), training=False), is_real=False)
+        fake = self.models.generator(self._latent(half), training=False)
+        loss_fake = self._unsupervised_update(fake, is_real=False)
+        return [loss_sup, loss_real, loss_fake, self._generator_update(real)]
+
+    def _generator_update(self, real: tf.Tensor) -> tf.Tensor:
+        """The discriminator runs in training mode, but its BatchNorm moving statistics are put back
+        afterwards: only the generator learns here (see the module docstring)."""
+        generator = self.models.generator
+        kept = [tf.identity(statistic) for statistic in self.discriminator_statistics]
         with tf.GradientTape() as tape:
             fake = generator(self._latent(self.config.batch_size), training=True)
             if self.config.generator_loss == "feature_matching":
-                loss_gen = feature_matching_loss(self._features(real), self._features(fake))
+                loss = feature_matching_loss(self._features(real), self._features(fake))
             else:
-                loss_gen = generator_loss(self._real_logit(fake))
-        _apply(self.generator_optimizer, tape, loss_gen, generator.trainable_variables)
-        return [loss_sup, loss_real, loss_fake, loss_gen]
+                loss = generator_loss(self._real_logit(fake))
+        _apply(self.generator_optimizer, tape, loss, generator.trainable_variables)
+        for statistic, value in zip(self.discriminator_statistics, kept, strict=True):
+            statistic.assign(value)
+        return loss
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         return self.models.generator(z, training=False).numpy()
@@ -318,18 +372,19 @@ def fit(
     for epoch in range(state.epoch + 1, config.train_epochs + 1):
         if verbose:
             print(f"Epoch {epoch}/{config.train_epochs}", flush=True)
-        bar = keras.utils.Progbar(config.steps_per_epoch, stateful_metrics=shown, verbose=1 if verbose else 0)
+        steps = config.train_steps_per_epoch
+        bar = keras.utils.Progbar(steps, stateful_metrics=shown, verbose=1 if verbose else 0)
         done, sums = 0, dict.fromkeys(trainer.loss_names, 0.0)
-        while done < config.steps_per_epoch:
-            n = min(STEPS_PER_CALL, config.steps_per_epoch - done)
+        while done < steps:
+            n = min(STEPS_PER_CALL, steps - done)
             losses = trainer.train_steps(n)
             done += n
             for name, value in losses.items():
                 sums[name] += value * n
-            if done < config.steps_per_epoch:
+            if done < steps:
                 bar.update(done, values=list(losses.items()))
-        history.steps += config.steps_per_epoch
-        metrics = {name: total / config.steps_per_epoch for name, total in sums.items()}
+        history.steps += steps
+        metrics = {name: total / steps for name, total in sums.items()}
         metrics.update(evaluate(trainer, splits))
         bar.update(done, values=[*losses.items(), *[(name, metrics[name]) for name in shown]])
         if verbose:  # one plain line per epoch, which a sweep reads from the trial's log for its progress

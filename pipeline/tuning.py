@@ -6,7 +6,7 @@ so the search covers what counters it: augmentation, weight decay, and the numbe
 candidate trains for `TUNED_EPOCH_FACTOR` times the protocol's epochs and is scored at its best
 validation epoch, i.e. early stopping), at the usual Adam settings for a supervised network.
 
-The search is run once per (dataset, protocol, label count, precision) on the labeled subset of
+The search is run once per (dataset, protocol, label count, precision, architecture) on the labeled subset of
 `SEARCH_SEED`, and its recipe serves every seed. Nothing here is given test data: the functions below
 take the labeled subset, the unlabeled pool and the validation split, and nothing else.
 """
@@ -52,6 +52,8 @@ def search_key(config: RunConfig, data_checksum: str) -> str:
         "space": TUNED_SEARCH_SPACE,
         "seed": SEARCH_SEED,
     }
+    if config.architecture != "mlm":  # added later: searches of the first architecture keep their keys
+        payload["architecture"] = config.architecture
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -70,7 +72,13 @@ def search_recipe(
     for recipe in recipes():
         candidate = replace(config, seed=SEARCH_SEED, select_epoch="best_validation", **recipe)
         models = build_models(
-            candidate.method, candidate.variant, NUM_CLASSES, candidate.latent_dim, candidate.seed, candidate.precision
+            candidate.method,
+            candidate.variant,
+            NUM_CLASSES,
+            candidate.latent_dim,
+            candidate.seed,
+            candidate.precision,
+            candidate.architecture,
         )
         trainer = make_trainer(candidate, models, x_labeled, y_labeled, x_pool)
         history = fit(trainer, {"val": (x_val, y_val)}, verbose=False)

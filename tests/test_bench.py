@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.bench import ReferenceSGAN, check_reference_updates, flops_per_step
+from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.models import build_discriminator
 
@@ -20,7 +21,7 @@ def _digits():
 
 
 def test_reference_updates_exactly_what_the_classic_recipe_intends():
-    reference = ReferenceSGAN(*_digits())
+    reference = ReferenceSGAN(*_digits(), resolve_config("sgan", "digits", 20, profile="paper"))
     check_reference_updates(reference)  # raises AssertionError if any update moves the wrong weights
     check_reference_updates(reference)
 

@@ -142,7 +142,8 @@ def test_unpaired_label_counts_and_failed_runs_give_notes_not_crashes(store):
     log_known_runs("partial", {k: v for k, v in KNOWN.items() if not (k[0] == "cnn" and k[1] == 1000)})
     log_known_runs("partial", {("cnn", 1000, 0): 0.5}, status="FAILED")  # failed runs are ignored
     report = build_report("partial")
-    assert "At 1000 labels (mnist, quick 3x100) only sgan stacked finished: no paired comparison there." in report.notes
+    note = "At 1000 labels (mnist, quick 3x100, mlm networks) only sgan stacked finished: no paired comparison there."
+    assert note in report.notes
     assert 1000 not in set(report.paired.labels)
     assert report.summary.n.sum() == 9
 
@@ -177,7 +178,7 @@ def test_runs_of_different_protocols_are_kept_apart_and_reruns_are_named(store):
         "paper 20x600",
     }
     assert list(report.superseded.run_id) == [first]
-    assert any("2 data and protocol combinations" in note for note in report.notes), report.notes
+    assert any("2 data, protocol and architecture combinations" in note for note in report.notes), report.notes
     assert any(f"Superseded: {first}." in note for note in report.notes), report.notes
 
 
@@ -283,3 +284,20 @@ def test_the_report_never_imports_tensorflow():
         "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_two_architectures_are_compared_each_on_its_own_networks(store):
+    """Methods are compared on the same networks only: an SGAN of one architecture is never paired
+    with a baseline of the other, though both share data, protocol, labels and seeds."""
+    log_known_runs("nets", KNOWN)
+    shifted = {key: value - (0.05 if key[0] == "sgan" else 0.0) for key, value in KNOWN.items()}
+    log_known_runs("nets", shifted, architecture="gans_in_action")
+    report = build_report("nets")
+    assert len(report.paired) == 4 and set(report.paired.n_pairs) == {3}
+    for row in report.paired.itertuples():
+        suffix = " gans_in_action" if row.architecture == "gans_in_action" else ""
+        assert (row.sgan_arm, row.baseline_arm) == ("sgan stacked" + suffix, "cnn" + suffix)
+        truth = shifted if suffix else KNOWN
+        diffs = [truth[("sgan", row.labels, s)] - truth[("cnn", row.labels, s)] for s in range(3)]
+        assert row.mean_diff == pytest.approx(np.mean(diffs))
+    assert any("2 data, protocol and architecture combinations" in note for note in report.notes)

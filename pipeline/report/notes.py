@@ -15,19 +15,19 @@ def coverage_notes(runs: pd.DataFrame, superseded: pd.DataFrame, paired: pd.Data
     notes = []
     groups = runs[GROUP].drop_duplicates()
     if len(groups) > 1:
-        described = "; ".join(f"{d}, {p}" for d, p in groups.itertuples(index=False))
+        described = "; ".join(f"{d}, {p}, {a} networks" for d, p, a in groups.itertuples(index=False))
         notes.append(
-            f"The runs cover {len(groups)} data and protocol combinations ({described}): each is compared "
-            "on its own, never pooled."
+            f"The runs cover {len(groups)} data, protocol and architecture combinations ({described}): each is "
+            "compared on its own, never pooled."
         )
-    for (dataset, protocol, labels), group in runs.groupby([*GROUP, "labels"]):
+    for (dataset, protocol, architecture, labels), group in runs.groupby([*GROUP, "labels"]):
         arms = sorted(set(group.arm))
         has_sgan = any(a.startswith("sgan") for a in arms)
         has_baseline = any(a.split()[0] in BASELINES for a in arms)
         if not (has_sgan and has_baseline):
             notes.append(
-                f"At {labels} labels ({dataset}, {protocol}) only {', '.join(arms)} finished: no paired "
-                "comparison there."
+                f"At {labels} labels ({dataset}, {protocol}, {architecture} networks) only {', '.join(arms)} "
+                "finished: no paired comparison there."
             )
     for row in paired[paired.n_pairs == 1].itertuples():
         notes.append(

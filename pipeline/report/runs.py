@@ -9,8 +9,9 @@ import pandas as pd
 from pipeline.config import METHODS, ConfigError, arm_name
 from pipeline.schema import TRIALS_FILE
 
-# A comparison unit: runs pair only within the same data and protocol, and only on the same labels and seed.
-GROUP = ["dataset", "protocol"]
+# A comparison unit: runs pair only within the same data, protocol and networks, and only on the same
+# labels and seed.
+GROUP = ["dataset", "protocol", "architecture"]
 IDENTITY = ["arm", *GROUP, "labels", "seed"]  # a run repeated with all of these equal is a rerun
 
 METRICS = {
@@ -49,17 +50,22 @@ def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
     method, variant = runs["tags.method"], runs["params.variant"]
     generator_loss = _param(runs, "generator_loss", "non_saturating").where(method == "sgan", "none")
     precision = _param(runs, "precision", "float32")
+    architecture = _param(runs, "architecture", "mlm")
     epochs, steps = runs["params.num_epochs"].astype(int), runs["params.steps_per_epoch"].astype(int)
+    budget = runs["params.profile"] + " " + epochs.astype(str) + "x" + steps.astype(str)
     table = pd.DataFrame(
         {
             "run_id": runs["run_id"],
-            "arm": [arm_name(*row) for row in zip(method, variant, generator_loss, precision, strict=True)],
+            "arm": [
+                arm_name(*row) for row in zip(method, variant, generator_loss, precision, architecture, strict=True)
+            ],
             "method": method,
             "variant": variant,
             "generator_loss": generator_loss,
             "precision": precision,
+            "architecture": architecture,
             "dataset": runs["params.dataset"],
-            "protocol": runs["params.profile"] + " " + epochs.astype(str) + "x" + steps.astype(str),
+            "protocol": _param(runs, "protocol", "").mask(lambda p: p == "", budget),  # as RunConfig.protocol
             "labels": runs["params.labels"].astype(int),
             "seed": runs["params.seed"].astype(int),
             "final": runs["metrics.final_test_accuracy"],

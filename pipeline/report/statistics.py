@@ -30,7 +30,8 @@ def summarize(runs: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
 
 
 def paired_differences(runs: pd.DataFrame, metric: str = "final", confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Every SGAN arm minus every baseline arm present, per data, protocol and label count, over the
+    """Every SGAN arm minus every baseline arm present, per data, protocol, architecture and label count
+    (methods are compared on the same networks only), over the
     seeds both have (same seed = same labeled images): mean, the paired t interval and p-value
     (`scipy.stats.ttest_rel`), wins/losses/ties. Two arms are never pooled; with fewer than two pairs
     there is no interval."""
@@ -62,10 +63,10 @@ def _paired(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple:
 
 
 def rank_arms(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per data, protocol and label count, the arms from best to worst mean accuracy."""
+    """Per data, protocol, architecture and label count, the arms from best to worst mean accuracy."""
     if summary.empty:
         return pd.DataFrame(columns=[*GROUP, "labels", "rank", "arm", "n", "mean", "std"])
-    ranked = summary.sort_values([*GROUP, "labels", "mean"], ascending=[True, True, True, False])
+    ranked = summary.sort_values([*GROUP, "labels", "mean"], ascending=[True] * (len(GROUP) + 1) + [False])
     ranked = ranked.assign(rank=ranked.groupby([*GROUP, "labels"]).cumcount() + 1)
     return ranked[[*GROUP, "labels", "rank", "arm", "n", "mean", "std"]].reset_index(drop=True)
 
