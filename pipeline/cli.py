@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -88,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--resume", default="", help="continue this unfinished run (same settings) from its last checkpoint"
         )
+        sub.add_argument("--register-model", default="", help="register the classifier as a version of this model")
+        sub.add_argument(
+            "--system-metrics",
+            nargs="?",
+            type=flag,
+            const=True,
+            default=False,
+            help="log CPU and memory (GPU where present) with MLflow's system metrics",
+        )
         add_run_arguments(sub)
         if method == "cnn_source":  # only an architecture whose source trains a baseline has one
             sub.set_defaults(architecture="gans_in_action")
@@ -102,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--max-parallel", type=int, default=1, help="trials at once (default 1)")
         sub.add_argument(
             "--force", nargs="?", type=flag, const=True, default=False, help="re-run trials that already finished"
+        )
+        sub.add_argument(
+            "--register-model",
+            default="",
+            help="register the best arm's classifier per label count (chosen on the validation split) under this name",
+        )
+        sub.add_argument(
+            "--system-metrics",
+            type=flag,
+            default=True,
+            help="each trial logs CPU and memory (GPU where present) with MLflow's system metrics (default true)",
         )
         add_run_arguments(sub)
         if name == "main":
@@ -143,7 +164,15 @@ def run_single(args: argparse.Namespace) -> int:
     )
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
-    train_run(config, bool(args.experiment), args.parent_run_id, verbose=not args.quiet, resume=args.resume or None)
+    train_run(
+        config,
+        bool(args.experiment),
+        args.parent_run_id,
+        verbose=not args.quiet,
+        resume=args.resume or None,
+        register_model=args.register_model,
+        system_metrics=args.system_metrics,
+    )
     return 0
 
 
@@ -181,7 +210,15 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         "architecture": args.architecture,
         "labeled_subset": args.labeled_subset,
     }
+    if args.system_metrics:  # MLflow's own switch: the trial processes inherit it
+        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true"
     result = run_sweep(trials, experiment, bool(args.experiment), args.max_parallel, args.force, not args.quiet, params)
+    if args.register_model:
+        from pipeline.registry import register_best
+
+        finished = [o.run_id for o in result.outcomes if o.status == "FINISHED"]
+        for line in register_best(finished, args.register_model):
+            print(f"Registered {line}", flush=True)
     return (1 if result.failed else 0), result.experiment, result.parent_run_id
 
 

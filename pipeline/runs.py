@@ -29,11 +29,15 @@ from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEAR
 from pipeline.store import check_tracking_uri, newest_run
 from pipeline.tracking import (
     data_params,
+    describe_run,
+    log_confusion,
     log_epoch_image,
     log_epoch_metrics,
+    log_final_metrics,
     log_models,
     log_run_inputs,
     record_stop,
+    register_classifier,
     run_destination,
 )
 from pipeline.training import TRACKS, FitState, History, fit, make_trainer
@@ -56,9 +60,13 @@ def train_run(
     parent_run_id: str | None = None,
     verbose: bool = True,
     resume: str | None = None,
+    register_model: str = "",
+    system_metrics: bool = False,
 ) -> RunResult:
     """Train and log one run; `resume` (a run id) continues that unfinished run of the same
-    configuration and data from its last checkpoint, in place."""
+    configuration and data from its last checkpoint, in place. `register_model` names a registered
+    model to add the classifier to; `system_metrics` samples CPU and memory (GPU where present) with
+    MLflow's system-metrics logging (also on when MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is true)."""
     check_tracking_uri()
     dataset = load_dataset(config.dataset)
     indices = labeled_subset(
@@ -82,7 +90,9 @@ def train_run(
     latent = latent.astype(np.float32)
 
     started_run = {"run_id": resume} if resume else {"run_name": config.run_name, "parent_run_id": parent_run_id}
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags, **started_run) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, tags=tags, log_system_metrics=system_metrics or None, **started_run
+    ) as run:
         try:
             log_run_inputs(config, dataset, indices, config_fingerprint)
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
@@ -129,13 +139,20 @@ def train_run(
             )
             mlflow.log_metrics(
                 {
-                    **final_metrics(history),
                     "train_seconds": history.seconds,
                     "wall_seconds": result.seconds,
                     "steps_per_second": result.steps_per_second,
                 }
             )
-            log_models(models, dataset.x_test, latent)
+            final = final_metrics(history)
+            predicted = trainer.predictions(dataset.x_test)
+            final |= log_confusion(dataset.y_test, predicted, dataset.num_classes, f"{config.run_name}, test split")
+            model_ids = log_models(models, dataset.x_test, latent, model_params(config))
+            log_final_metrics(final, model_ids)
+            mlflow.set_tag("mlflow.note.content", describe_run(config, final, history.selected[""]))
+            if register_model:
+                version = register_classifier(model_ids["classifier"], register_model, model_params(config))
+                print(f"Registered the classifier as {register_model} version {version}", flush=True)
             drop_checkpoint(run.info.artifact_uri)
         except BaseException as err:
             mlflow.flush_async_logging()  # what was logged before a failure is kept
@@ -186,6 +203,12 @@ def restore_checkpoint(run_id: str, trainer) -> FitState | None:
 
 def _validation(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return dataset.x_train[dataset.validation], dataset.y_train[dataset.validation]
+
+
+def model_params(config: RunConfig) -> dict[str, object]:
+    """What a logged classifier is, as its own params (and a registered version's tags)."""
+    keys = ("method", "variant", "generator_loss", "architecture", "precision", "dataset", "labels", "seed")
+    return {"arm": config.arm, "protocol": config.protocol, **{key: getattr(config, key) for key in keys}}
 
 
 def final_metrics(history: History) -> dict[str, float]:

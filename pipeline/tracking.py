@@ -1,5 +1,6 @@
-"""MLflow side effects of a training run: the store check, params, per-epoch metrics and images,
-and the logged models."""
+"""MLflow side effects of a training run: params and dataset inputs, per-epoch metrics and images, the
+logged models with the final figures linked to them, the confusion matrix, the run's description, and
+registration in the Model Registry."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from mlflow.models import infer_signature
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.data import Dataset, class_counts
+from pipeline.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
 from pipeline.models import SGANModels, portable_generator
-from pipeline.schema import EXPERIMENT_KIND, FINGERPRINT_TAG, IMAGE_KEY
+from pipeline.schema import CONFUSION_FIGURE, EXPERIMENT_KIND, FINGERPRINT_TAG, IMAGE_KEY, PER_CLASS_TABLE
 from pipeline.training import History
 
 
@@ -100,6 +102,7 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray, con
         **versions(),
     }
     log_new_params(params)
+    log_datasets(config, dataset, indices)
     mlflow.set_tags(
         {
             "method": config.method,
@@ -122,6 +125,55 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray, con
         },
         "labeled_subset.json",
     )
+
+
+DIGEST_LENGTH = 16  # hex characters of a content hash shown as a dataset's digest (MLflow keeps at most 36)
+
+
+def dataset_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> list[tuple[object, str, dict]]:
+    """(MLflow dataset, context, tags) for the training split, the labeled subset, the validation split and
+    the test split, each with a digest of its content: equal digests, the same images."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    path = Path(dataset.source)
+    source = LocalArtifactDatasetSource(str(path)) if path.is_file() else CodeDatasetSource({"loader": dataset.source})
+
+    def subset(name: str, rows: np.ndarray) -> str:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        return hashlib.sha256(dataset.checksum.encode() + name.encode() + rows.tobytes()).hexdigest()[:DIGEST_LENGTH]
+
+    rule = "" if config.labeled_subset == "balanced" else f"-{config.labeled_subset}"
+    labeled_name = f"{config.dataset}-labeled{rule}-L{config.labels}-s{config.seed}"
+    splits = [
+        (f"{config.dataset}-train", dataset.x_train, dataset.y_train, dataset.checksum[:DIGEST_LENGTH], "training"),
+        (labeled_name, dataset.x_train[indices], dataset.y_train[indices], subset("labeled", indices), "training"),
+        (
+            f"{config.dataset}-validation",
+            dataset.x_train[dataset.validation],
+            dataset.y_train[dataset.validation],
+            subset("validation", dataset.validation),
+            "validation",
+        ),
+        (f"{config.dataset}-test", dataset.x_test, dataset.y_test, dataset.checksum[:DIGEST_LENGTH], "evaluation"),
+    ]
+    tags = {"labels": str(config.labels), "seed": str(config.seed), "rule": config.labeled_subset}
+    return [
+        (
+            mlflow.data.from_numpy(x, targets=y, source=source, name=name, digest=digest),
+            context,
+            tags if name == labeled_name else {},
+        )
+        for name, x, y, digest, context in splits
+    ]
+
+
+def log_datasets(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> None:
+    """The run's data as MLflow dataset inputs (the UI's Datasets column); a resumed run has them already."""
+    logged = {d.dataset.name for d in mlflow.get_run(mlflow.active_run().info.run_id).inputs.dataset_inputs}
+    for data, context, tags in dataset_inputs(config, dataset, indices):
+        if data.name not in logged:
+            mlflow.log_input(data, context=context, tags=tags or None)
 
 
 def record_stop(err: BaseException) -> None:
@@ -149,10 +201,11 @@ def _requirements() -> list[str]:
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
-def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray) -> None:
+def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray, params: dict[str, object]) -> dict[str, str]:
     """The classifier and its moving average `classifier_ema` (images in [-1, 1], shape (N, 28, 28, 1)
     -> class probabilities) and the generator (latent (N, latent_dim) -> images in [-1, 1]), with
-    signatures and input examples.
+    signatures, input examples and `params` (what the model is: arm, architecture, data, labels).
+    Returns each LoggedModel's id by name.
 
     Logged through `mlflow.tensorflow`, which saves Keras 3 models in the native `.keras` format:
     `mlflow.keras.log_model` crashes when given an input example (MLflow issue #16183). The generator
@@ -164,14 +217,73 @@ def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray) -> No
         generator = portable_generator(models.generator, models.architecture)
         logged.append(("generator", generator, latent[:2].astype(np.float32)))
     keras.config.disable_interactive_logging()  # MLflow's example checks would print progress bars
+    ids = {}
     try:
         for name, model, example in logged:
-            mlflow.tensorflow.log_model(
+            info = mlflow.tensorflow.log_model(
                 model,
                 name=name,
                 signature=infer_signature(example, np.asarray(model(example, training=False))),
                 input_example=example,
                 pip_requirements=_requirements(),
+                params={key: str(value) for key, value in params.items()},
+                model_type="classifier" if name.startswith("classifier") else "generator",
             )
+            ids[name] = info.model_id
     finally:
         keras.config.enable_interactive_logging()
+    return ids
+
+
+def log_final_metrics(final: dict[str, float], model_ids: dict[str, str]) -> None:
+    """The figures that count, on the run and linked to the classifier they belong to (the UI's Models
+    column; the Models page compares them): `*_ema` to `classifier_ema`, the others to `classifier`."""
+    ema = {name: value for name, value in final.items() if name.endswith("_ema")}
+    raw = {name: value for name, value in final.items() if name not in ema}
+    mlflow.log_metrics(raw, model_id=model_ids["classifier"])
+    mlflow.log_metrics(ema, model_id=model_ids["classifier_ema"])
+
+
+def log_confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, title: str) -> dict[str, float]:
+    """The reported classifier's confusion matrix on the test split as a figure, and its per-class
+    accuracy as a table; returns the per-class accuracies as metrics (`test_accuracy_class_<k>`)."""
+    matrix = confusion(y_true, y_pred, num_classes)
+    accuracy = per_class_accuracy(matrix)
+    mlflow.log_figure(confusion_figure(matrix, title), CONFUSION_FIGURE)
+    mlflow.log_table(
+        {
+            "class": list(range(num_classes)),
+            "test_examples": matrix.sum(axis=1).tolist(),
+            "correct": np.diag(matrix).tolist(),
+            "accuracy": accuracy.tolist(),
+            "most_confused_with": most_confused_with(matrix).tolist(),
+        },
+        PER_CLASS_TABLE,
+    )
+    return {f"test_accuracy_class_{k}": float(a) for k, a in enumerate(accuracy) if np.isfinite(a)}
+
+
+def describe_run(config: RunConfig, final: dict[str, float], selected_epoch: int) -> str:
+    """One paragraph for the run's Description in the UI (the `mlflow.note.content` tag)."""
+    chosen = (
+        "the epoch with the best validation accuracy" if config.select_epoch == "best_validation" else "the last epoch"
+    )
+    rule = (
+        "class-balanced, drawn by the seed" if config.labeled_subset == "balanced" else "the first images in file order"
+    )
+    return (
+        f"{config.arm} ({config.architecture} networks) on {config.dataset} with {config.labels} labeled images "
+        f"({rule}; seed {config.seed}), protocol {config.protocol}. Test accuracy "
+        f"{final['final_test_accuracy']:.2%} (moving average of the weights: {final['final_test_accuracy_ema']:.2%}) "
+        f"at epoch {selected_epoch} of {config.train_epochs}, {chosen}; validation accuracy "
+        f"{final['final_val_accuracy']:.2%}. Nothing was chosen by test accuracy."
+    )
+
+
+def register_classifier(model_id: str, name: str, tags: dict[str, object], alias: str | None = None) -> str:
+    """Register a logged classifier as a new version of `name` (with `alias` pointing at it); returns the
+    version."""
+    version = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in tags.items()})
+    if alias:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return version.version

@@ -192,15 +192,14 @@ class Trainer:
     def _classes(classifier: keras.Model, x: tf.Tensor) -> tf.Tensor:
         return tf.argmax(classifier(x, training=False), axis=-1)
 
-    def accuracy(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor, suffix: str = "") -> float:
-        """Classification accuracy over all of (x, y), in batches, of the raw classifier (suffix "")
-        or of its moving average ("_ema")."""
+    def predictions(self, x: np.ndarray | tf.Tensor, suffix: str = "") -> np.ndarray:
+        """Predicted classes of all of x, in batches, by the raw classifier (suffix "") or by its
+        moving average ("_ema")."""
         size, predict = self.config.eval_batch_size, self._predictors[suffix]
-        correct = sum(
-            int(tf.reduce_sum(tf.cast(predict(x[i : i + size]) == y[i : i + size], tf.int32)))
-            for i in range(0, len(x), size)
-        )
-        return correct / len(x)
+        return np.concatenate([predict(x[i : i + size]).numpy() for i in range(0, len(x), size)])
+
+    def accuracy(self, x: np.ndarray | tf.Tensor, y: np.ndarray | tf.Tensor, suffix: str = "") -> float:
+        return float(np.mean(self.predictions(x, suffix) == np.asarray(y)))
 
 
 class SGANTrainer(Trainer):

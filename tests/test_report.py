@@ -1,15 +1,12 @@
 """Report numbers against values computed independently from runs with known metrics."""
 
-import socket
 import subprocess
 import sys
-import time
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 from scipy import stats
 
 from pipeline.report import build_report, make_report
@@ -192,47 +189,6 @@ def test_an_experiment_without_finished_runs_gives_a_clear_message(store, tmp_pa
     assert missing.returncode == 2 and "experiment 'no-such-experiment' does not exist" in missing.stderr
     metric = cli("report", "--experiment", "empty", "--metric", "best", "--out", str(tmp_path / "y"))
     assert metric.returncode == 2 and "metric='best' is not one of final, ema" in metric.stderr
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_report_works_against_a_real_mlflow_server(mlflow_server, tmp_path, monkeypatch):

@@ -1,0 +1,207 @@
+"""What a user sees in MLflow: dataset inputs, final figures linked to the logged classifier, a run
+description, the confusion matrix, the Model Registry, system metrics, and `mlflow models serve`,
+against a real SQLite store and a real `mlflow server`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from pipeline.config import resolve_config
+from pipeline.data import load_dataset
+from pipeline.registry import CHOSEN_BY, choose_best
+from pipeline.runs import train_run
+
+from .conftest import cli, tracking_store
+
+
+def _models(run) -> dict:
+    """The run's LoggedModels by name."""
+    models = [mlflow.get_logged_model(output.model_id) for output in run.outputs.model_outputs]
+    return {model.name: model for model in models}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """Two smoke SGAN runs on digits (seeds 0 and 1), the first registered and with system metrics."""
+    folder = tmp_path_factory.mktemp("native")
+    with tracking_store(folder), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+        runs = []
+        for seed in (0, 1):
+            config = resolve_config("sgan", "digits", 20, seed, "smoke", epochs=3)
+            register = "digits-classifier" if seed == 0 else ""
+            result = train_run(config, verbose=False, register_model=register, system_metrics=seed == 0)
+            runs.append(mlflow.get_run(result.run_id))
+        yield folder, runs
+
+
+def test_every_run_lists_its_datasets_with_content_digests(smoke_runs):
+    _, (first, second) = smoke_runs
+    inputs = {d.dataset.name: d for d in first.inputs.dataset_inputs}
+    assert set(inputs) == {"digits-train", "digits-labeled-L20-s0", "digits-validation", "digits-test"}
+    context = {name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for name, d in inputs.items()}
+    assert context == {
+        "digits-train": "training",
+        "digits-labeled-L20-s0": "training",
+        "digits-validation": "validation",
+        "digits-test": "evaluation",
+    }
+    digits = load_dataset("digits")
+    assert inputs["digits-train"].dataset.digest == digits.checksum[:16]
+    assert json.loads(inputs["digits-test"].dataset.profile)["features_shape"] == [len(digits.y_test), 28, 28, 1]
+    other = {d.dataset.name: d.dataset.digest for d in second.inputs.dataset_inputs}
+    assert other["digits-train"] == inputs["digits-train"].dataset.digest  # same data, same digest
+    assert other["digits-labeled-L20-s1"] != inputs["digits-labeled-L20-s0"].dataset.digest  # other images
+
+
+def test_final_figures_are_linked_to_the_classifier_they_belong_to(smoke_runs):
+    _, (run, _) = smoke_runs
+    models = _models(run)
+    assert set(models) == {"classifier", "classifier_ema", "generator"}
+    classifier, ema = models["classifier"], models["classifier_ema"]
+    linked = {m.key: m.value for m in classifier.metrics}
+    assert linked["final_test_accuracy"] == pytest.approx(run.data.metrics["final_test_accuracy"])
+    assert {f"test_accuracy_class_{k}" for k in range(10)} <= set(linked)
+    ema_linked = {m.key for m in ema.metrics}  # (MLflow also copies the run's step-0 metrics to each model)
+    assert {"final_test_accuracy_ema", "final_val_accuracy_ema", "selected_epoch_ema"} <= ema_linked
+    assert "final_test_accuracy" not in ema_linked and "final_test_accuracy_ema" not in linked
+    assert classifier.params["arm"] == "sgan stacked" and classifier.params["architecture"] == "mlm"
+    assert classifier.params["labels"] == "20" and classifier.params["seed"] == "0"
+
+
+def test_each_run_has_a_description_a_confusion_matrix_and_per_class_accuracy(smoke_runs):
+    _, (run, _) = smoke_runs
+    description = run.data.tags["mlflow.note.content"]
+    accuracy = run.data.metrics["final_test_accuracy"]
+    assert description.startswith("sgan stacked (mlm networks) on digits with 20 labeled images")
+    assert f"{accuracy:.2%}" in description and "Nothing was chosen by test accuracy" in description
+    files = {f.path for f in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
+    assert {"confusion_matrix.png", "per_class_accuracy.json"} <= files
+    table = pd.DataFrame(**json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/per_class_accuracy.json")))
+    assert list(table["class"]) == list(range(10))
+    assert table.test_examples.sum() == len(load_dataset("digits").y_test)
+    assert table.correct.sum() / table.test_examples.sum() == pytest.approx(accuracy)  # the reported classifier
+    for row in table.itertuples():
+        assert run.data.metrics[f"test_accuracy_class_{row[1]}"] == pytest.approx(row.correct / row.test_examples)
+
+
+def test_register_model_adds_the_classifier_to_the_registry(smoke_runs):
+    _, (run, other) = smoke_runs
+    (version,) = mlflow.MlflowClient().search_model_versions("name = 'digits-classifier'")
+    assert version.source == f"models:/{_models(run)['classifier'].model_id}"
+    assert version.tags["arm"] == "sgan stacked" and version.tags["labels"] == "20"
+    assert not mlflow.MlflowClient().search_model_versions(f"run_id = '{other.info.run_id}'")
+
+
+def test_system_metrics_are_logged_only_where_asked(smoke_runs):
+    _, (run, other) = smoke_runs
+    system = [key for key in run.data.metrics if key.startswith("system/")]
+    assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
+    assert not [key for key in other.data.metrics if key.startswith("system/")]
+
+
+def test_the_sweeps_registered_classifier_is_chosen_on_validation_never_on_test():
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a0", "a1", "b0", "b1", "c0"],
+            "arm": ["sgan stacked", "sgan stacked", "cnn", "cnn", "cnn"],
+            "labels": [100, 100, 100, 100, 50],
+            CHOSEN_BY: [0.90, 0.80, 0.86, 0.87, 0.70],
+            "final_test_accuracy": [0.10, 0.10, 0.99, 0.99, 0.5],  # ignored
+        }
+    )
+    chosen = choose_best(runs).set_index("labels")
+    assert chosen.loc[100, "run_id"] == "b1"  # cnn: mean 0.865 beats 0.85, then its best run
+    assert chosen.loc[50, "run_id"] == "c0"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_served_classifier_answers_http_with_class_probabilities(smoke_runs, tmp_path):
+    folder, (run, _) = smoke_runs
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    model_id = _models(run)["classifier"].model_id
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    }
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(240):
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow models serve did not start")
+        images = load_dataset("digits").x_test[:3]
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": images.tolist()}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        probabilities = np.array(answer.json()["predictions"])
+        assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+        local = mlflow.pyfunc.load_model(f"models:/{model_id}").predict(images)
+        np.testing.assert_allclose(probabilities, np.asarray(local), atol=1e-5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_run_through_a_real_mlflow_server_has_inputs_linked_metrics_and_a_registered_model(
+    mlflow_server, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    result = cli("cnn", "--dataset", "digits", "--profile", "smoke", "--labels", "20", "--register-model", "served")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = mlflow.search_runs(experiment_names=["digits-smoke"], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} >= {"digits-train", "digits-labeled-L20-s0"}
+    classifier = _models(run)["classifier"]
+    assert {m.key for m in classifier.metrics} >= {"final_test_accuracy", "final_val_accuracy"}
+    (version,) = mlflow.MlflowClient().search_model_versions("name = 'served'")
+    assert version.source == f"models:/{classifier.model_id}"
+    loaded = mlflow.pyfunc.load_model(f"models:/served/{version.version}")
+    assert np.asarray(loaded.predict(load_dataset("digits").x_test[:2])).shape == (2, 10)
+
+
+def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(store, tmp_path):
+    result = cli(
+        "sweep", "--dataset", "digits", "--profile", "smoke", "--labels", "10,20", "--seeds", "0",
+        "--register-model", "best-digits", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["digits-smoke"])
+    runs = runs[runs["tags.method"].notna()]
+    for labels in (10, 20):
+        version = client.get_model_version_by_alias("best-digits", f"best-L{labels}")
+        candidates = runs[runs["params.labels"] == str(labels)]
+        best = candidates.loc[candidates["metrics.final_val_accuracy"].idxmax()]
+        assert version.tags["run_id"] == best.run_id and version.tags["labels"] == str(labels)
+    assert "Registered best-digits version" in result.stdout
