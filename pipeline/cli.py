@@ -24,6 +24,8 @@ from pipeline.config import (
 )
 from pipeline.data import DataError
 
+EXECUTORS = ("local", "ray")
+
 
 def optional_int(text: str) -> int | None:
     """MLproject passes unset parameters as empty strings: '' means "use the profile's value"."""
@@ -109,7 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--methods", default="sgan,cnn", help=f"comma-separated, of {', '.join(METHODS)}")
         sub.add_argument("--labels", default="25,50,100,1000", help="comma-separated label counts")
         sub.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-        sub.add_argument("--max-parallel", type=int, default=1, help="trials at once (default 1)")
+        sub.add_argument("--max-parallel", type=int, default=1, help="trials at once, local executor (default 1)")
+        sub.add_argument(
+            "--executor", default="local", help="local (child processes, default) or ray (tasks on a Ray instance)"
+        )
+        sub.add_argument(
+            "--ray-address", default="", help="Ray cluster to join (default RAY_ADDRESS, else a new local instance)"
+        )
+        sub.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs per trial (default 1)")
+        sub.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs per trial, fractions share one")
         sub.add_argument(
             "--force", nargs="?", type=flag, const=True, default=False, help="re-run trials that already finished"
         )
@@ -180,6 +190,13 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
     """Returns (exit code, experiment, parent run id)."""
     from pipeline.sweep import parse_list, plan_trials, run_sweep
 
+    check_choice("executor", args.executor, EXECUTORS)
+    if args.executor == "ray":
+        from pipeline.ray_executor import check_ray_available, check_resources
+
+        check_ray_available()
+        check_resources(args.cpus_per_trial, args.gpus_per_trial)
+
     experiment = args.experiment or default_experiment(args.dataset, args.profile)
     trials = plan_trials(
         parse_list("methods", args.methods),
@@ -207,12 +224,17 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         "num_epochs": trials[0].config.epochs,
         "steps_per_epoch": trials[0].config.steps_per_epoch,
         "precision": args.precision,
+        "max_parallel": args.max_parallel,
         "architecture": args.architecture,
         "labeled_subset": args.labeled_subset,
     }
     if args.system_metrics:  # MLflow's own switch: the trial processes inherit it
         os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true"
-    result = run_sweep(trials, experiment, bool(args.experiment), args.max_parallel, args.force, not args.quiet, params)
+    executor = make_executor(args)
+    try:
+        result = run_sweep(trials, experiment, bool(args.experiment), executor, args.force, not args.quiet, params)
+    finally:
+        executor.close()
     if args.register_model:
         from pipeline.registry import register_best
 
@@ -220,6 +242,23 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         for line in register_best(finished, args.register_model):
             print(f"Registered {line}", flush=True)
     return (1 if result.failed else 0), result.experiment, result.parent_run_id
+
+
+def make_executor(args: argparse.Namespace):
+    """The sweep's executor, started: for Ray, joined to its cluster (or a new local instance)."""
+    from pipeline.sweep import LocalExecutor
+
+    if args.executor == "local":
+        return LocalExecutor(args.max_parallel)
+    from pipeline.ray_executor import RayExecutor
+
+    executor = RayExecutor(args.ray_address, args.cpus_per_trial, args.gpus_per_trial)
+    try:
+        executor.start()
+    except BaseException:
+        executor.close()
+        raise
+    return executor
 
 
 def run_report_command(
@@ -288,13 +327,16 @@ class Stopped(KeyboardInterrupt):
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
+
+
+RECEIVED: list[int] = []  # the stop signal, kept apart: a library may re-raise it as a bare KeyboardInterrupt
 
 
 def stop_on_signals() -> None:
     def handler(signum, frame):
         for other in (signal.SIGINT, signal.SIGTERM):  # one stop: the clean-up itself is not interrupted
             signal.signal(other, lambda *_: None)  # (a handler, unlike SIG_IGN, is not inherited by children)
+        RECEIVED.append(signum)
         raise Stopped(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -321,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:
-        name = str(err) if isinstance(err, Stopped) else "SIGINT"
-        print(f"stopped by {name}: {how_to_resume(args.command)}", file=sys.stderr)
-        return err.exit_code if isinstance(err, Stopped) else 130
+    except KeyboardInterrupt:
+        signum = RECEIVED[0] if RECEIVED else signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name}: {how_to_resume(args.command)}", file=sys.stderr)
+        return 128 + signum

@@ -23,6 +23,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from pipeline import checkpoint
 from pipeline.config import TUNED_SEARCH_SPACE, ConfigError, RunConfig, fingerprint
 from pipeline.data import Dataset, labeled_subset, load_dataset
+from pipeline.device import configure_device
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_TAG
@@ -35,6 +36,7 @@ from pipeline.tracking import (
     log_epoch_metrics,
     log_final_metrics,
     log_models,
+    log_new_params,
     log_run_inputs,
     record_stop,
     register_classifier,
@@ -68,6 +70,7 @@ def train_run(
     model to add the classifier to; `system_metrics` samples CPU and memory (GPU where present) with
     MLflow's system-metrics logging (also on when MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is true)."""
     check_tracking_uri()
+    device = configure_device()  # before TensorFlow runs anything
     dataset = load_dataset(config.dataset)
     indices = labeled_subset(
         dataset.y_train, config.labels, config.seed, dataset.num_classes, dataset.validation, config.labeled_subset
@@ -95,6 +98,7 @@ def train_run(
     ) as run:
         try:
             log_run_inputs(config, dataset, indices, config_fingerprint)
+            log_new_params(device)
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
                 raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
             started = time.perf_counter()

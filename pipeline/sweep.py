@@ -160,24 +160,33 @@ class TrialProcesses:
                     watch()
             watch()
             return subprocess.CompletedProcess(command, code)
+        except BaseException:  # interrupted in this thread (a Ray task being cancelled): stop the trial too
+            _terminate([process])
+            raise
         finally:
             with self.lock:
                 self.processes.discard(process)
 
-    def stop(self, grace_seconds: float = 120.0) -> None:
-        """SIGTERM to every trial (each ends its run KILLED), then wait; SIGKILL what outlives the grace."""
+    def stop(self) -> None:
+        """Stop every trial, and start no new one."""
         with self.lock:
             self.stopping = True
             processes = list(self.processes)
-        for process in processes:
+        _terminate(processes)
+
+
+def _terminate(processes: list[subprocess.Popen], grace_seconds: float = 120.0) -> None:
+    """SIGTERM to each trial (each ends its run KILLED), then wait; SIGKILL what outlives the grace."""
+    for process in processes:
+        if process.poll() is None:
             process.terminate()
-        deadline = time.monotonic() + grace_seconds
-        for process in processes:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 RUNNING = TrialProcesses()
@@ -236,16 +245,31 @@ def run_trial(
     with open(log.path, "w") as handle:
         code = RUNNING.run(command, log.watch, stdout=handle, stderr=subprocess.STDOUT, env=env)
     log.upload()
+    return settle(trial, experiment_id, parent_run_id, code.returncode, resume, started, lambda: _last_error(log.path))
+
+
+def settle(
+    trial: Trial,
+    experiment_id: str,
+    parent_run_id: str,
+    returncode: int,
+    resume: str | None,
+    started: float,
+    last_words: Callable[[], str],
+) -> Outcome:
+    """The outcome of a trial whose process ended with `returncode`, as MLflow records it; a run the
+    trial left RUNNING (killed hard), or never created, is recorded FAILED with the error."""
+    config = trial.config
     if resume:
         run = mlflow.get_run(resume)
     else:
         run = latest_run(experiment_id, trial, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     outcome = _outcome(trial, "FAILED", None, reused=False, seconds=time.perf_counter() - started)
-    if code.returncode == 0 and run is not None and run.info.status == "FINISHED":
+    if returncode == 0 and run is not None and run.info.status == "FINISHED":
         outcome.status, outcome.run_id = "FINISHED", run.info.run_id
         outcome.final_test_accuracy = run.data.metrics.get("final_test_accuracy")
         return outcome
-    outcome.error = (run.data.tags.get("error") if run else None) or _last_error(log.path)
+    outcome.error = (run.data.tags.get("error") if run else None) or last_words()
     client = mlflow.MlflowClient()
     if run is None:  # died before its run existed: record the failure anyway
         run = client.create_run(
@@ -346,25 +370,44 @@ class SweepResult:
         return [o for o in self.outcomes if o.status != "FINISHED"]
 
 
+class LocalExecutor:
+    """The embedded default: each trial a child process of this one, `max_parallel` at a time."""
+
+    name = "local"
+
+    def __init__(self, max_parallel: int = 1):
+        if max_parallel < 1:
+            raise ConfigError(f"max_parallel={max_parallel} must be a positive integer")
+        self.slots = max_parallel
+
+    def run(self, pending, resumes, experiment_id, parent_run_id, progress, outcomes) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            _run_pending(pending, resumes, experiment_id, parent_run_id, Path(folder), self.slots, progress, outcomes)
+
+    def close(self) -> None:
+        pass
+
+
 def run_sweep(
     trials: list[Trial],
     experiment: str,
     experiment_given: bool,
-    max_parallel: int = 1,
+    executor: LocalExecutor | None = None,
     force: bool = False,
     verbose: bool = True,
     sweep_params: dict[str, object] | None = None,
 ) -> SweepResult:
-    if max_parallel < 1:
-        raise ConfigError(f"max_parallel={max_parallel} must be a positive integer")
+    """Run the trials that have no finished run yet through `executor` (local processes by default, or
+    `pipeline.ray_executor.RayExecutor`), under one parent run; the same records whichever ran them."""
+    executor = executor or LocalExecutor()
     check_tracking_uri()
     experiment, experiment_id = run_destination(experiment, experiment_given)
     run_name = f"sweep-{trials[0].config.dataset}-{trials[0].config.profile}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={SWEEP_TAG: "true"}) as parent:
         experiment_id = parent.info.experiment_id
         trials = [Trial(replace(t.config, experiment=experiment), t.fingerprint) for t in trials]
-        log_new_params({**(sweep_params or {}), "n_trials": len(trials), "max_parallel": max_parallel})
-        progress = Progress(len(trials), max_parallel, verbose)
+        log_new_params({**(sweep_params or {}), "n_trials": len(trials), "executor": executor.name})
+        progress = Progress(len(trials), executor.slots, verbose)
         outcomes: list[Outcome] = []
         pending: list[Trial] = []
         if verbose:
@@ -385,16 +428,13 @@ def run_sweep(
         for outcome in reused:  # reported once the trials left to run are known, for an honest ETA
             outcomes.append(outcome)
             progress.report(outcome, pending)
-        with tempfile.TemporaryDirectory() as folder:
-            try:
-                _run_pending(
-                    pending, resumes, experiment_id, parent.info.run_id, Path(folder), max_parallel, progress, outcomes
-                )
-            except BaseException as err:
-                _log_trials(outcomes)
-                record_stop(err)
-                raise
+        try:
+            executor.run(pending, resumes, experiment_id, parent.info.run_id, progress, outcomes)
+        except BaseException as err:
             _log_trials(outcomes)
+            record_stop(err)
+            raise
+        _log_trials(outcomes)
         result = SweepResult(parent.info.run_id, experiment, outcomes)
         mlflow.log_metrics({"trials_finished": len(outcomes) - len(result.failed), "trials_failed": len(result.failed)})
         if result.failed:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 
@@ -109,3 +110,20 @@ def mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def assert_nothing_lost(runs: pd.DataFrame, epochs: int) -> None:
+    """Every trial run has every epoch of its metrics, its image grids and its models: parallel trials
+    writing to one store lost nothing."""
+    client = mlflow.MlflowClient()
+    for _, run in runs.iterrows():
+        for key in ("test_accuracy", "val_accuracy_ema", "loss_supervised"):
+            assert sorted(m.step for m in client.get_metric_history(run.run_id, key)) == list(range(1, epochs + 1))
+        outputs = mlflow.get_run(run.run_id).outputs.model_outputs
+        names = {mlflow.get_logged_model(o.model_id).name for o in outputs}
+        if run["tags.method"] == "sgan":
+            assert names == {"classifier", "classifier_ema", "generator"}
+            images = mlflow.artifacts.list_artifacts(run_id=run.run_id, artifact_path="images")
+            assert len([f for f in images if f.path.endswith(".png")]) == epochs
+        else:
+            assert names == {"classifier", "classifier_ema"}

@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from .conftest import cli, tracking_store
+from .conftest import assert_nothing_lost, cli, tracking_store
 
 SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke"]
 
@@ -85,6 +85,15 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(store, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2/2 trials finished (1 reused)" in again.stdout
     assert len(_trial_runs("flaky")) == 3
+
+
+def test_parallel_local_trials_on_one_sqlite_file_lose_nothing(store, tmp_path):
+    args = [*SWEEP, "--methods", "sgan,cnn", "--labels", "10", "--seeds", "0,1", "--max-parallel", "2"]
+    result = cli(*args, "--experiment", "parallel", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _trial_runs("parallel")
+    assert len(runs) == 4 and set(runs.status) == {"FINISHED"}
+    assert_nothing_lost(runs, epochs=2)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,169 @@
+"""Sweep trials as Ray tasks, on this machine (a local Ray instance) or on a cluster (`--ray-address`).
+
+Each task runs `sweep.run_trial` on the node Ray gives it: the same trial process, the same MLflow run
+nested under the sweep's parent run, the same resume by fingerprint and checkpoint and the same outcome
+record as the local executor. Epoch lines come back to the sweep's console through a Ray queue. A stop
+cancels the tasks; a cancelled task stops its trial process, which ends its run KILLED, before it ends.
+Ray is an optional extra, imported only here and only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+
+from pipeline.config import ConfigError
+from pipeline.device import THREADS_ENV
+from pipeline.sweep import RUNNING, Outcome, Progress, Trial, run_trial, settle
+
+# What a trial needs from the sweep's environment, wherever Ray runs it.
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
+    "SGAN_DATA_DIR",
+    "SGAN_OFFLINE",
+    "SGAN_FAIL_RUNS",
+    "SGAN_KILL_AFTER_EPOCH",
+    "KERAS_HOME",
+    "TF_CPP_MIN_LOG_LEVEL",
+)
+STOP_GRACE_SECONDS = 180  # for cancelled tasks to stop their trials and close their runs
+INSTALL_HINT = "pip install -e '.[ray]' (Ray 2.40 to 2.x)"
+
+
+def check_ray_available() -> None:
+    """Before any work: `--executor ray` without Ray installed says how to get it."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"executor=ray needs Ray, which is not installed: {INSTALL_HINT}")
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    if cpus_per_trial <= 0:
+        raise ConfigError(f"cpus_per_trial={cpus_per_trial} must be positive")
+    if gpus_per_trial < 0:
+        raise ConfigError(f"gpus_per_trial={gpus_per_trial} must be zero or positive")
+
+
+def check_tracking_for_cluster(tracking_uri: str, remote_nodes: list[str]) -> None:
+    """A SQLite file or a local folder is only valid on one machine: with workers on other machines the
+    tracking store must be a server every node reaches."""
+    if remote_nodes and urlparse(tracking_uri).scheme in ("", "file", "sqlite"):
+        raise ConfigError(
+            f"the Ray cluster has nodes on other machines ({', '.join(remote_nodes)}) but the tracking URI "
+            f"{tracking_uri!r} is a local file there: start `mlflow server --host 0.0.0.0 --port 5000 "
+            "--backend-store-uri sqlite:///mlflow.db` on a machine every node reaches and pass its "
+            "http:// URI as MLFLOW_TRACKING_URI"
+        )
+
+
+def trial_task(
+    trial: Trial, experiment_id: str, parent_run_id: str, resume: str | None, queue, threads: int
+) -> Outcome:
+    """One trial on a Ray worker. TensorFlow in the trial process uses the CPUs the task was given; a
+    cancellation (KeyboardInterrupt here) stops the trial process first, so its run ends KILLED."""
+    os.environ[THREADS_ENV] = str(threads)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    name = trial.config.run_name
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return run_trial(trial, experiment_id, parent_run_id, Path(folder), resume, lambda *e: queue.put((name, e)))
+        except BaseException:
+            RUNNING.stop()
+            raise
+
+
+class RayExecutor:
+    """Trials as Ray tasks with `cpus_per_trial` CPUs and `gpus_per_trial` GPUs each (fractions share)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0):
+        check_ray_available()
+        check_resources(cpus_per_trial, gpus_per_trial)
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+        self.slots = 1
+        self.started = False
+
+    def start(self) -> None:
+        """Join the cluster (or start a local instance), and refuse a tracking store its nodes cannot share."""
+        import ray
+
+        env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        ray.init(
+            address=self.address,
+            runtime_env={"env_vars": env},
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        self.started = True
+        for signum, handler in handlers.items():  # Ray's own SIGTERM handler would abort the sweep mid-stop
+            signal.signal(signum, handler)
+        here = ray.util.get_node_ip_address()
+        nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
+        check_tracking_for_cluster(env["MLFLOW_TRACKING_URI"], sorted({n for n in nodes if n != here}))
+        resources = ray.cluster_resources()
+        slots = resources.get("CPU", 1.0) // self.cpus_per_trial
+        if self.gpus_per_trial:
+            slots = min(slots, resources.get("GPU", 0.0) // self.gpus_per_trial)
+            if slots < 1:
+                raise ConfigError(
+                    f"gpus_per_trial={self.gpus_per_trial}, but the Ray cluster has {resources.get('GPU', 0)} GPUs"
+                )
+        self.slots = max(1, int(slots))
+
+    def run(self, pending, resumes, experiment_id, parent_run_id, progress: Progress, outcomes) -> None:
+        import ray
+        from ray.util.queue import Queue
+
+        if not pending:
+            return
+        queue = Queue()
+        task = ray.remote(trial_task).options(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0)
+        threads = max(1, int(self.cpus_per_trial))
+        refs = {}
+        for trial in pending:
+            ref = task.remote(trial, experiment_id, parent_run_id, resumes.get(trial), queue, threads)
+            refs[ref] = (trial, time.perf_counter())
+        by_name = {trial.config.run_name: trial for trial in pending}
+        waiting = list(pending)
+        try:
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+                while not queue.empty():
+                    name, seen = queue.get_nowait()
+                    progress.epoch(by_name[name], *seen, list(waiting))
+                for ref in done:
+                    trial, started = refs.pop(ref)
+                    waiting.remove(trial)
+                    try:
+                        outcome = ray.get(ref)
+                    except Exception as err:  # the worker died: record the trial as FAILED all the same
+                        outcome = settle(
+                            trial, experiment_id, parent_run_id, -1, resumes.get(trial), started, lambda e=err: str(e)
+                        )
+                    outcomes.append(outcome)
+                    progress.report(outcome, waiting)
+        except BaseException:  # Ctrl-C or SIGTERM: cancel every task; running ones stop their trials
+            for ref in refs:
+                ray.cancel(ref)
+            ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE_SECONDS)
+            raise
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False

@@ -1,0 +1,117 @@
+"""`--executor ray` on a real local Ray instance (this machine's CPUs): the same trials, runs, reuse,
+failure records and stops as the local executor, through SQLite and through a real `mlflow server`."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pandas as pd
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.ray_executor import check_tracking_for_cluster
+
+from .conftest import assert_nothing_lost, cli
+from .test_sweep import _parents, _processes_mentioning, _trial_runs
+
+pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+
+RAY_SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke", "--executor", "ray", "--cpus-per-trial", "1"]
+
+
+def test_a_ray_sweep_nests_every_trial_loses_nothing_and_a_rerun_reuses_all(store, tmp_path):
+    args = [*RAY_SWEEP, "--labels", "10,20", "--seeds", "0", "--experiment", "on-ray"]
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "epoch 2/2" in first.stdout and "[4/4]" in first.stdout
+    parent = _parents("on-ray").iloc[0]
+    assert parent["params.executor"] == "ray"
+    runs = _trial_runs("on-ray")
+    assert len(runs) == 4 and set(runs.status) == {"FINISHED"}
+    assert set(runs["tags.mlflow.parentRunId"]) == {parent.run_id}
+    assert_nothing_lost(runs, epochs=2)  # two trials ran at once (2 CPUs, 1 per trial) on one SQLite file
+    logs = mlflow.artifacts.list_artifacts(run_id=parent.run_id, artifact_path="trial_logs")
+    assert len(logs) == 4
+    second = cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "4/4 trials finished (4 reused), 0 failed" in second.stdout
+    assert len(_trial_runs("on-ray")) == 4
+
+
+def test_a_failing_trial_on_ray_is_recorded_failed_and_the_others_finish(store, tmp_path):
+    args = [*RAY_SWEEP, "--methods", "cnn", "--labels", "10,20", "--seeds", "0", "--experiment", "ray-flaky"]
+    result = cli(*args, cwd=tmp_path, env={"SGAN_FAIL_RUNS": "cnn-digits-L10-s0"})
+    assert result.returncode == 1
+    runs = _trial_runs("ray-flaky").set_index("tags.mlflow.runName")
+    assert runs.loc["cnn-digits-L10-s0", "status"] == "FAILED"
+    assert "failure injected" in runs.loc["cnn-digits-L10-s0", "tags.error"]
+    assert runs.loc["cnn-digits-L20-s0", "status"] == "FINISHED"
+    assert _parents("ray-flaky").iloc[0].status == "FAILED"
+
+
+def test_sigterm_to_a_ray_sweep_stops_its_trials_and_leaves_nothing_running(store, tmp_path):
+    args = [*RAY_SWEEP, "--methods", "sgan", "--labels", "10,20", "--seeds", "0", "--epochs", "60"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args, "--experiment", "ray-stop"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until both trials (2 CPUs) have logged an epoch
+        runs = _trial_runs("ray-stop") if mlflow.get_experiment_by_name("ray-stop") else pd.DataFrame()
+        client = mlflow.MlflowClient()
+        if len(runs) == 2 and all(client.get_metric_history(r, "test_accuracy") for r in runs.run_id):
+            break
+        time.sleep(1)
+    parent = _parents("ray-stop").run_id.iloc[0]
+    assert len(_processes_mentioning(parent)) == 2, "both trial processes should be running"
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=400)
+    assert sweep.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr
+    assert _processes_mentioning(parent) == []  # no orphan trial on the Ray workers
+    assert set(mlflow.search_runs(experiment_names=["ray-stop"]).status) == {"KILLED"}
+
+
+def test_a_ray_sweep_through_a_real_mlflow_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    args = [*RAY_SWEEP, "--methods", "cnn", "--labels", "10,20", "--seeds", "0", "--experiment", "ray-served"]
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _trial_runs("ray-served")
+    assert len(runs) == 2 and set(runs.status) == {"FINISHED"}
+    assert set(runs["tags.mlflow.parentRunId"]) == {_parents("ray-served").run_id.iloc[0]}
+    assert_nothing_lost(runs, epochs=2)
+
+
+def test_a_cluster_with_nodes_elsewhere_refuses_a_local_tracking_store():
+    for uri in ("sqlite:///mlflow.db", "/home/me/mlruns", "file:///tmp/mlruns"):
+        with pytest.raises(ConfigError, match="start `mlflow server"):
+            check_tracking_for_cluster(uri, ["10.0.0.7"])
+    check_tracking_for_cluster("http://10.0.0.2:5000", ["10.0.0.7"])  # a server every node reaches
+    check_tracking_for_cluster("sqlite:///mlflow.db", [])  # one machine: a file is fine
+
+
+def test_executor_ray_without_ray_says_how_to_install(tmp_path):
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+        "from pipeline.cli import main\n"
+        "sys.exit(main(['sweep', '--dataset', 'digits', '--profile', 'smoke', '--executor', 'ray']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert "executor=ray needs Ray, which is not installed: pip install -e '.[ray]'" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any run
+
+
+def test_bad_ray_resources_are_refused_before_any_run(tmp_path):
+    result = cli(*RAY_SWEEP[:-2], "--cpus-per-trial", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "cpus_per_trial=0.0 must be positive" in result.stderr
+    result = cli("sweep", "--dataset", "digits", "--executor", "spark", cwd=tmp_path)
+    assert result.returncode == 2 and "executor='spark' is not one of local, ray" in result.stderr
