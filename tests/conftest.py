@@ -98,14 +98,7 @@ def mlflow_server(tmp_path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+        wait_until_up(f"{uri}/health", "mlflow server")
         yield uri
     finally:
         server.terminate()
@@ -127,3 +120,16 @@ def assert_nothing_lost(runs: pd.DataFrame, epochs: int) -> None:
             assert len([f for f in images if f.path.endswith(".png")]) == epochs
         else:
             assert names == {"classifier", "classifier_ema"}
+
+
+def wait_until_up(url: str, what: str, seconds: float = 120.0) -> None:
+    """Poll a server's health URL until it answers OK; fail the test if it never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{what} did not start within {seconds:.0f} s")

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import mlflow
 import numpy as np
@@ -20,7 +19,7 @@ from pipeline.data import load_dataset
 from pipeline.registry import CHOSEN_BY, choose_best
 from pipeline.runs import train_run
 
-from .conftest import cli, tracking_store
+from .conftest import cli, tracking_store, wait_until_up
 
 
 def _models(run) -> dict:
@@ -151,14 +150,7 @@ def test_a_served_classifier_answers_http_with_class_probabilities(smoke_runs, t
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(240):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow models serve did not start")
+        wait_until_up(f"http://127.0.0.1:{port}/ping", "mlflow models serve")
         images = load_dataset("digits").x_test[:3]
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": images.tolist()}, timeout=60)
         assert answer.status_code == 200, answer.text
