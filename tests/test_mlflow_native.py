@@ -169,10 +169,17 @@ def test_a_run_through_a_real_mlflow_server_has_inputs_linked_metrics_and_a_regi
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
-    result = cli("cnn", "--dataset", "digits", "--profile", "smoke", "--labels", "20", "--register-model", "served")
+    args = ["cnn", "--dataset", "digits", "--profile", "smoke", "--labels", "20", "--register-model", "served"]
+    fast_sampling = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    fast_sampling["MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"] = "1"
+    result = cli(*args, "--system-metrics", env=fast_sampling)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = mlflow.search_runs(experiment_names=["digits-smoke"], output_format="list")
     assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.note.content"].startswith("cnn (mlm networks) on digits with 20 labeled images")
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    files = {f.path for f in mlflow.artifacts.list_artifacts(run_id=run.info.run_id)}
+    assert {"confusion_matrix.png", "per_class_accuracy.json"} <= files
     assert {d.dataset.name for d in run.inputs.dataset_inputs} >= {"digits-train", "digits-labeled-L20-s0"}
     classifier = _models(run)["classifier"]
     assert {m.key for m in classifier.metrics} >= {"final_test_accuracy", "final_val_accuracy"}
