@@ -151,11 +151,12 @@ def train_run(
             final = final_metrics(history)
             predicted = trainer.predictions(dataset.x_test)
             final |= log_confusion(dataset.y_test, predicted, dataset.num_classes, f"{config.run_name}, test split")
-            model_ids = log_models(models, dataset.x_test, latent, model_params(config))
+            described = model_params(config)
+            model_ids = log_models(models, dataset.x_test, latent, described)
             log_final_metrics(final, model_ids)
             mlflow.set_tag("mlflow.note.content", describe_run(config, final, history.selected[""]))
             if register_model:
-                version = register_classifier(model_ids["classifier"], register_model, model_params(config))
+                version = register_classifier(model_ids["classifier"], register_model, described)
                 print(f"Registered the classifier as {register_model} version {version}", flush=True)
             drop_checkpoint(run.info.artifact_uri)
         except BaseException as err:
