@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -29,6 +30,32 @@ from pipeline.models import build_discriminator, build_generator, build_models
 from pipeline.training import make_trainer
 
 PROTOCOL_OF = {"mlm": "paper", "gans_in_action": "gans_in_action"}  # each architecture's own batches and optimizer
+# the instruction sets that decide a step's speed here: fp32 vectors, and bf16 in hardware (else emulated)
+SPEED_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_description(cpuinfo: str | None = None) -> tuple[str, list[str]]:
+    """(CPU model name, which of SPEED_FEATURES it has), from /proc/cpuinfo where there is one: a figure
+    means little without the instruction sets it ran on (bf16 is 2-3.5x faster with AMX-BF16)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or platform.platform(), []
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    model = fields.get("model name") or platform.processor() or platform.platform()
+    if "cpu family" in fields and "model" in fields:  # the name alone hides the generation ("AMD EPYC")
+        model += f" (family {fields['cpu family']}, model {fields['model']})"
+    return model, [f for f in SPEED_FEATURES if f in flags]
+
+
+def describe_features(features: list[str]) -> str:
+    bf16 = "in hardware" if {"amx_bf16", "avx512_bf16"} & set(features) else "emulated (no AVX512_BF16 or AMX-BF16)"
+    return f"{', '.join(features) or 'none of ' + ', '.join(SPEED_FEATURES)}; bfloat16 {bf16}"
 
 
 def _z_over_z_plus_one(logits):
@@ -178,6 +205,7 @@ class BenchResult:
     architecture: str
     batch: str
     machine: str
+    cpu_features: list[str]
     tensorflow_version: str
     keras_version: str
     intra_op_threads: int
@@ -218,6 +246,7 @@ def run_bench(
     flop = flops_per_step(config)
     peak = measured_peak_flops()
     images = 3 * config.discriminator_batch + config.batch_size  # labeled, real, fake; generator update
+    model, features = cpu_description()
     return BenchResult(
         ours_ms_per_step=ours_s * 1e3,
         reference_ms_per_step=ref_s * 1e3,
@@ -235,7 +264,8 @@ def run_bench(
         dataset=dataset,
         architecture=architecture,
         batch=f"{config.discriminator_batch} labeled, real and generated; {config.batch_size} for the generator",
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {model}",
+        cpu_features=features,
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
@@ -260,5 +290,6 @@ def format_result(result: BenchResult, as_json: bool) -> str:
             f"{r.ours_fraction_of_peak:.0%} of {r.peak_gflops:.0f} GFLOP/s fp32 peak ({r.peak_source})",
             f"  machine    {r.machine}; TensorFlow {r.tensorflow_version}, Keras {r.keras_version}; "
             f"threads intra {r.intra_op_threads}, inter {r.inter_op_threads} (0 = TensorFlow's default)",
+            f"  cpu        {describe_features(r.cpu_features)}",
         ]
     )

@@ -27,7 +27,14 @@ from pipeline.device import configure_device
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_TAG
-from pipeline.store import check_tracking_uri, newest_run
+from pipeline.store import (
+    check_tracking_uri,
+    log_new_params,
+    newest_run,
+    record_stop,
+    register_classifier,
+    run_destination,
+)
 from pipeline.tracking import (
     data_params,
     describe_run,
@@ -36,11 +43,7 @@ from pipeline.tracking import (
     log_epoch_metrics,
     log_final_metrics,
     log_models,
-    log_new_params,
     log_run_inputs,
-    record_stop,
-    register_classifier,
-    run_destination,
 )
 from pipeline.training import TRACKS, FitState, History, fit, make_trainer
 from pipeline.tuning import SEARCH_SEED, Candidate, search_key, search_recipe

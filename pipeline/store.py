@@ -1,11 +1,14 @@
-"""The tracking store, checked before any work: MLflow only, so light commands (report) can use it
-without importing TensorFlow."""
+"""The tracking store: checked before any work, where runs go, how a stopped run is ended, and the Model
+Registry. MLflow only, so light processes (a sweep's parent, the report) use it without importing TensorFlow."""
 
 from __future__ import annotations
+
+import os
 
 import mlflow
 
 from pipeline.config import ConfigError
+from pipeline.schema import EXPERIMENT_KIND
 
 
 def check_tracking_uri(uri: str | None = None) -> str:
@@ -35,3 +38,47 @@ def newest_run(experiment_id: str, filter_string: str) -> mlflow.entities.Run | 
         output_format="list",
     )
     return found[0] if found else None
+
+
+def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str | None]:
+    """Where a run goes: (the experiment's real name, the id to create the run in).
+
+    The id is None when `mlflow run` already created the run (MLFLOW_RUN_ID), in the experiment named
+    by its own `--experiment-name`; an explicit, different `experiment` cannot be honoured there and
+    is refused rather than silently ignored.
+    """
+    launched_run = os.environ.get("MLFLOW_RUN_ID")
+    if launched_run:
+        existing = mlflow.get_experiment(mlflow.get_run(launched_run).info.experiment_id).name
+        if experiment_given and experiment != existing:
+            raise ConfigError(
+                f"experiment={experiment!r} differs from {existing!r}, where `mlflow run` already "
+                f"created this run: pass `--experiment-name {experiment}` to `mlflow run` instead"
+            )
+        return existing, None
+    found = mlflow.get_experiment_by_name(experiment)
+    return experiment, found.experiment_id if found else mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
+
+
+def log_new_params(params: dict[str, object]) -> None:
+    """Log params, skipping those `mlflow run` already logged from its entry-point parameters
+    (params are immutable, and its raw values, such as `epochs=''`, would clash)."""
+    already = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in already})
+
+
+def record_stop(err: BaseException) -> None:
+    """Tag the active run with why it stopped; Ctrl-C ends it KILLED (MLflow's run context would call
+    any exception FAILED). Either way it is never left FINISHED."""
+    mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000] if str(err) else type(err).__name__)
+    if isinstance(err, KeyboardInterrupt):
+        mlflow.end_run("KILLED")
+
+
+def register_classifier(model_id: str, name: str, tags: dict[str, object], alias: str | None = None) -> str:
+    """Register a logged classifier as a new version of `name` (with `alias` pointing at it); returns the
+    version."""
+    version = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in tags.items()})
+    if alias:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return version.version

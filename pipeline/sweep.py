@@ -27,9 +27,9 @@ from mlflow.entities import RunStatus
 
 from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config
 from pipeline.data import labeled_subset, load_dataset
+from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
-from pipeline.store import check_tracking_uri, newest_run
-from pipeline.tracking import log_new_params, record_stop, run_destination
+from pipeline.store import check_tracking_uri, log_new_params, newest_run, record_stop, run_destination
 
 
 @dataclass(frozen=True)
@@ -381,6 +381,8 @@ class LocalExecutor:
         self.slots = max_parallel
 
     def run(self, pending, resumes, experiment_id, parent_run_id, progress, outcomes) -> None:
+        if self.slots > 1:  # the trial processes inherit it; a user's own setting wins
+            os.environ.setdefault(THREADS_ENV, str(threads_per_trial(self.slots)))
         with tempfile.TemporaryDirectory() as folder:
             _run_pending(pending, resumes, experiment_id, parent_run_id, Path(folder), self.slots, progress, outcomes)
 

@@ -1,11 +1,10 @@
 """MLflow side effects of a training run: params and dataset inputs, per-epoch metrics and images, the
-logged models with the final figures linked to them, the confusion matrix, the run's description, and
-registration in the Model Registry."""
+logged models with the final figures linked to them, the confusion matrix and the run's description.
+(Where runs go, how they stop and registration are in `store`, which a sweep uses without TensorFlow.)"""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,11 +14,12 @@ import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import RunConfig
 from pipeline.data import Dataset, class_counts
 from pipeline.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
 from pipeline.models import SGANModels, portable_generator
-from pipeline.schema import CONFUSION_FIGURE, EXPERIMENT_KIND, FINGERPRINT_TAG, IMAGE_KEY, PER_CLASS_TABLE
+from pipeline.schema import CONFUSION_FIGURE, FINGERPRINT_TAG, IMAGE_KEY, PER_CLASS_TABLE
+from pipeline.store import log_new_params
 from pipeline.training import History
 
 
@@ -44,33 +44,6 @@ def versions() -> dict[str, str]:
         "keras_version": keras.__version__,
         "mlflow_version": mlflow.__version__,
     }
-
-
-def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str | None]:
-    """Where a run goes: (the experiment's real name, the id to create the run in).
-
-    The id is None when `mlflow run` already created the run (MLFLOW_RUN_ID), in the experiment named
-    by its own `--experiment-name`; an explicit, different `experiment` cannot be honoured there and
-    is refused rather than silently ignored.
-    """
-    launched_run = os.environ.get("MLFLOW_RUN_ID")
-    if launched_run:
-        existing = mlflow.get_experiment(mlflow.get_run(launched_run).info.experiment_id).name
-        if experiment_given and experiment != existing:
-            raise ConfigError(
-                f"experiment={experiment!r} differs from {existing!r}, where `mlflow run` already "
-                f"created this run: pass `--experiment-name {experiment}` to `mlflow run` instead"
-            )
-        return existing, None
-    found = mlflow.get_experiment_by_name(experiment)
-    return experiment, found.experiment_id if found else mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
-
-
-def log_new_params(params: dict[str, object]) -> None:
-    """Log params, skipping those `mlflow run` already logged from its entry-point parameters
-    (params are immutable, and its raw values, such as `epochs=''`, would clash)."""
-    already = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({key: value for key, value in params.items() if key not in already})
 
 
 def data_params(dataset: Dataset) -> dict[str, object]:
@@ -176,14 +149,6 @@ def log_datasets(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> No
             mlflow.log_input(data, context=context, tags=tags or None)
 
 
-def record_stop(err: BaseException) -> None:
-    """Tag the active run with why it stopped; Ctrl-C ends it KILLED (MLflow's run context would call
-    any exception FAILED). Either way it is never left FINISHED."""
-    mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000] if str(err) else type(err).__name__)
-    if isinstance(err, KeyboardInterrupt):
-        mlflow.end_run("KILLED")
-
-
 def log_epoch_image(epoch: int, grid: np.ndarray) -> None:
     """Asynchronous, so that a slow store does not stall training; flushed before each checkpoint."""
     mlflow.log_image(grid, key=IMAGE_KEY, step=epoch, synchronous=False)
@@ -278,12 +243,3 @@ def describe_run(config: RunConfig, final: dict[str, float], selected_epoch: int
         f"at epoch {selected_epoch} of {config.train_epochs}, {chosen}; validation accuracy "
         f"{final['final_val_accuracy']:.2%}. Nothing was chosen by test accuracy."
     )
-
-
-def register_classifier(model_id: str, name: str, tags: dict[str, object], alias: str | None = None) -> str:
-    """Register a logged classifier as a new version of `name` (with `alias` pointing at it); returns the
-    version."""
-    version = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in tags.items()})
-    if alias:
-        mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
-    return version.version

@@ -6,7 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.bench import ReferenceSGAN, check_reference_updates, flops_per_step
+from pipeline.bench import (
+    ReferenceSGAN,
+    check_reference_updates,
+    cpu_description,
+    describe_features,
+    flops_per_step,
+)
 from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.models import build_discriminator
@@ -50,6 +56,20 @@ def test_bench_cli_prints_json_with_the_headline_figures():
     assert figures["ours_ms_per_step"] > 0 and figures["reference_ms_per_step"] > 0
     assert figures["speedup"] == pytest.approx(figures["reference_ms_per_step"] / figures["ours_ms_per_step"], rel=1e-6)
     assert 0 < figures["ours_fraction_of_peak"] < 1.5 and figures["ours_precision"] == "float32"
+    assert set(figures["cpu_features"]) <= {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+
+
+def test_the_bench_names_the_cpu_features_that_decide_its_figures():
+    amx = (
+        "processor\t: 0\nmodel name\t: Intel Xeon\ncpu family\t: 6\nmodel\t\t: 143\n"
+        "flags\t\t: fpu avx2 fma avx512f amx_bf16 amx_tile\n"
+    )
+    model, features = cpu_description(amx + amx.replace("processor\t: 0", "processor\t: 1"))
+    assert model == "Intel Xeon (family 6, model 143)"
+    assert features == ["avx2", "fma", "avx512f", "amx_tile", "amx_bf16"]
+    assert describe_features(features).endswith("bfloat16 in hardware")
+    avx2 = describe_features(cpu_description("model name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n")[1])
+    assert avx2 == "avx2, fma; bfloat16 emulated (no AVX512_BF16 or AMX-BF16)"
 
 
 def test_bench_rejects_bad_settings():

@@ -1,5 +1,6 @@
 """Real smoke sweeps on digits: nested child processes, resume, failures, bad input."""
 
+import os
 import re
 import signal
 import subprocess
@@ -94,6 +95,8 @@ def test_parallel_local_trials_on_one_sqlite_file_lose_nothing(store, tmp_path):
     runs = _trial_runs("parallel")
     assert len(runs) == 4 and set(runs.status) == {"FINISHED"}
     assert_nothing_lost(runs, epochs=2)
+    share = str(max(1, (os.cpu_count() or 1) // 2))  # each trial an equal share of the cores, not all of them
+    assert set(runs["params.intra_op_threads"]) == {share}
 
 
 @pytest.mark.parametrize(
