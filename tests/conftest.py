@@ -32,6 +32,9 @@ def tracking_store(folder: Path):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mlflow.set_tracking_uri(uri)
+        # create the tables now: a test that polls the store while a child process creates them can clash
+        # with it ("table ... already exists")
+        mlflow.search_experiments()
         yield uri
         while mlflow.active_run():
             mlflow.end_run()

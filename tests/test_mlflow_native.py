@@ -187,20 +187,3 @@ def test_a_run_through_a_real_mlflow_server_has_inputs_linked_metrics_and_a_regi
     assert version.source == f"models:/{classifier.model_id}"
     loaded = mlflow.pyfunc.load_model(f"models:/served/{version.version}")
     assert np.asarray(loaded.predict(load_dataset("digits").x_test[:2])).shape == (2, 10)
-
-
-def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(store, tmp_path):
-    result = cli(
-        "sweep", "--dataset", "digits", "--profile", "smoke", "--labels", "10,20", "--seeds", "0",
-        "--register-model", "best-digits", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = mlflow.MlflowClient()
-    runs = mlflow.search_runs(experiment_names=["digits-smoke"])
-    runs = runs[runs["tags.method"].notna()]
-    for labels in (10, 20):
-        version = client.get_model_version_by_alias("best-digits", f"best-L{labels}")
-        candidates = runs[runs["params.labels"] == str(labels)]
-        best = candidates.loc[candidates["metrics.final_val_accuracy"].idxmax()]
-        assert version.tags["run_id"] == best.run_id and version.tags["labels"] == str(labels)
-    assert "Registered best-digits version" in result.stdout

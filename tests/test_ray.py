@@ -14,41 +14,34 @@ from pipeline.config import ConfigError
 from pipeline.ray_executor import check_tracking_for_cluster
 
 from .conftest import assert_nothing_lost, cli
-from .test_sweep import _parents, _processes_mentioning, _trial_runs
+from .test_sweep import _parents, _trial_runs
+from .test_sweep_stops import _processes_mentioning
 
 pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 
 RAY_SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke", "--executor", "ray", "--cpus-per-trial", "1"]
 
 
-def test_a_ray_sweep_nests_every_trial_loses_nothing_and_a_rerun_reuses_all(store, tmp_path):
+def test_a_ray_sweep_nests_every_trial_records_a_failure_loses_nothing_and_a_rerun_reuses_the_rest(store, tmp_path):
     args = [*RAY_SWEEP, "--labels", "10,20", "--seeds", "0", "--experiment", "on-ray"]
-    first = cli(*args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "epoch 2/2" in first.stdout and "[4/4]" in first.stdout
+    first = cli(*args, cwd=tmp_path, env={"SGAN_FAIL_RUNS": "cnn-digits-L10-s0"})
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "epoch 2/2" in first.stdout and "[4/4]" in first.stdout and "1 failed" in first.stdout
     parent = _parents("on-ray").iloc[0]
-    assert parent["params.executor"] == "ray"
-    runs = _trial_runs("on-ray")
-    assert len(runs) == 4 and set(runs.status) == {"FINISHED"}
-    assert set(runs["tags.mlflow.parentRunId"]) == {parent.run_id}
-    assert_nothing_lost(runs, epochs=2)  # two trials ran at once (2 CPUs, 1 per trial) on one SQLite file
+    assert parent["params.executor"] == "ray" and parent.status == "FAILED"
+    runs = _trial_runs("on-ray").set_index("tags.mlflow.runName")
+    assert runs.loc["cnn-digits-L10-s0", "status"] == "FAILED"
+    assert "failure injected" in runs.loc["cnn-digits-L10-s0", "tags.error"]
+    finished = runs[runs.status == "FINISHED"].reset_index()
+    assert len(finished) == 3 and set(runs["tags.mlflow.parentRunId"]) == {parent.run_id}
+    assert_nothing_lost(finished, epochs=2)  # two trials ran at once (2 CPUs, 1 per trial) on one SQLite file
     logs = mlflow.artifacts.list_artifacts(run_id=parent.run_id, artifact_path="trial_logs")
     assert len(logs) == 4
     second = cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "4/4 trials finished (4 reused), 0 failed" in second.stdout
-    assert len(_trial_runs("on-ray")) == 4
-
-
-def test_a_failing_trial_on_ray_is_recorded_failed_and_the_others_finish(store, tmp_path):
-    args = [*RAY_SWEEP, "--methods", "cnn", "--labels", "10,20", "--seeds", "0", "--experiment", "ray-flaky"]
-    result = cli(*args, cwd=tmp_path, env={"SGAN_FAIL_RUNS": "cnn-digits-L10-s0"})
-    assert result.returncode == 1
-    runs = _trial_runs("ray-flaky").set_index("tags.mlflow.runName")
-    assert runs.loc["cnn-digits-L10-s0", "status"] == "FAILED"
-    assert "failure injected" in runs.loc["cnn-digits-L10-s0", "tags.error"]
-    assert runs.loc["cnn-digits-L20-s0", "status"] == "FINISHED"
-    assert _parents("ray-flaky").iloc[0].status == "FAILED"
+    assert "4/4 trials finished (3 reused), 0 failed" in second.stdout
+    runs = _trial_runs("on-ray")
+    assert len(runs) == 5 and (runs.status == "FINISHED").sum() == 4
 
 
 def test_sigterm_to_a_ray_sweep_stops_its_trials_and_leaves_nothing_running(store, tmp_path):

@@ -232,6 +232,14 @@ def test_a_mixed_experiment_pairs_each_arm_with_each_baseline_and_never_pools(st
         assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
         assert row.p_value == pytest.approx(expected.pvalue)
     assert report.notes == []
+    # the other three SGAN arms each against the stacked float32 one, paired by seed
+    assert sorted(report.contrasts.arm) == ["sgan stacked bfloat16", "sgan two_head", "sgan two_head bfloat16"]
+    for row in report.contrasts.itertuples():
+        a = np.array([truth[row.arm][("sgan", 100, s)] for s in (0, 1)])
+        b = np.array([truth["sgan stacked"][("sgan", 100, s)] for s in (0, 1)])
+        low, high = stats.ttest_rel(a, b).confidence_interval(0.95)
+        assert (row.reference_arm, row.n_pairs) == ("sgan stacked", 2)
+        assert (row.ci_low, row.ci_high) == (pytest.approx(low), pytest.approx(high))
 
 
 def test_the_report_never_imports_tensorflow():

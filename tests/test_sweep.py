@@ -2,15 +2,12 @@
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+
+from pipeline.sweep import plan_trials
 
 from .conftest import assert_nothing_lost, cli, tracking_store
 
@@ -31,15 +28,17 @@ def _parents(experiment="digits-smoke") -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """One 2 labels x 2 seeds x 2 methods smoke sweep, then the same command again."""
+    """One 2 labels x 2 seeds x 2 methods smoke sweep, two trials at a time on one SQLite file, registering
+    its best classifiers, then the same command again."""
     folder = tmp_path_factory.mktemp("sweep-store")
     with tracking_store(folder):
-        first = cli(*SWEEP, "--labels", "10,20", "--seeds", "0,1", cwd=folder)
-        second = cli(*SWEEP, "--labels", "10,20", "--seeds", "0,1", cwd=folder)
+        args = [*SWEEP, "--labels", "10,20", "--seeds", "0,1", "--max-parallel", "2", "--register-model", "best-digits"]
+        first = cli(*args, cwd=folder)
+        second = cli(*args, cwd=folder)
         yield folder, first, second
 
 
-def test_sweep_makes_one_nested_child_run_per_trial(swept):
+def test_sweep_makes_one_nested_child_run_per_trial_and_parallel_trials_lose_nothing(swept):
     _, first, _ = swept
     assert first.returncode == 0, first.stderr[-3000:]
     runs = _trial_runs()
@@ -54,6 +53,21 @@ def test_sweep_makes_one_nested_child_run_per_trial(swept):
     logs = mlflow.artifacts.list_artifacts(run_id=first_parent, artifact_path="trial_logs")
     assert len(logs) == 8
     assert "8/8 trials finished (0 reused), 0 failed" in first.stdout
+    assert_nothing_lost(runs, epochs=2)
+    share = str(max(1, (os.cpu_count() or 1) // 2))  # each trial an equal share of the cores, not all of them
+    assert set(runs["params.intra_op_threads"]) == {share}
+
+
+def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(swept):
+    _, first, _ = swept
+    client = mlflow.MlflowClient()
+    runs = _trial_runs()
+    for labels in (10, 20):
+        version = client.get_model_version_by_alias("best-digits", f"best-L{labels}")
+        candidates = runs[runs["params.labels"] == str(labels)]
+        best = candidates.loc[candidates["metrics.final_val_accuracy"].idxmax()]
+        assert version.tags["run_id"] == best.run_id and version.tags["labels"] == str(labels)
+    assert "Registered best-digits version" in first.stdout
 
 
 def test_running_the_same_sweep_again_reuses_every_finished_trial(swept):
@@ -88,17 +102,6 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(store, tmp_path):
     assert len(_trial_runs("flaky")) == 3
 
 
-def test_parallel_local_trials_on_one_sqlite_file_lose_nothing(store, tmp_path):
-    args = [*SWEEP, "--methods", "sgan,cnn", "--labels", "10", "--seeds", "0,1", "--max-parallel", "2"]
-    result = cli(*args, "--experiment", "parallel", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = _trial_runs("parallel")
-    assert len(runs) == 4 and set(runs.status) == {"FINISHED"}
-    assert_nothing_lost(runs, epochs=2)
-    share = str(max(1, (os.cpu_count() or 1) // 2))  # each trial an equal share of the cores, not all of them
-    assert set(runs["params.intra_op_threads"]) == {share}
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -117,52 +120,26 @@ def test_bad_sweep_input_fails_before_any_run(store, args, message):
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
-def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_path):
-    import os
-
-    args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0,1,2", "--experiment", "interrupted"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait for the first trial to finish, then press Ctrl-C
-        runs = _trial_runs("interrupted") if mlflow.get_experiment_by_name("interrupted") else pd.DataFrame()
-        if not runs.empty and (runs.status == "FINISHED").any():
-            break
-        time.sleep(1)
-    os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
-    _, stderr = sweep.communicate(timeout=300)
-    assert sweep.returncode == 130, stderr[-3000:]
-    assert "run the same command again to resume" in stderr
-    assert _parents("interrupted").status.iloc[0] == "KILLED"
-    finished_before = set(_trial_runs("interrupted").query("status == 'FINISHED'").run_id)
-    assert 1 <= len(finished_before) < 3
-    again = cli(*args, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"3/3 trials finished ({len(finished_before)} reused)" in again.stdout
-    finished = _trial_runs("interrupted").query("status == 'FINISHED'")
-    assert finished_before <= set(finished.run_id) and len(finished) == 3
+def test_the_grid_has_one_sgan_arm_per_variant_and_generator_loss_and_one_per_baseline():
+    trials = plan_trials(
+        ["sgan", "cnn_tuned"], [20], [0, 1], ["stacked", "k_plus_one"], ["non_saturating", "feature_matching"],
+        dataset="digits", profile="smoke",
+    )  # fmt: skip
+    arms = ["cnn_tuned", "sgan k_plus_one", "sgan k_plus_one feature matching", "sgan stacked"]
+    arms.append("sgan stacked feature matching")
+    assert [t.config.seed for t in trials] == [0] * 5 + [1] * 5  # the arms of one seed run back to back
+    assert sorted(t.config.arm for t in trials if t.config.seed == 0) == arms
+    assert len({t.fingerprint for t in trials}) == 10
 
 
-def test_a_sweep_over_variants_and_generator_losses_makes_one_arm_each_and_a_tuned_baseline(store, tmp_path):
+def test_a_sweep_over_generator_losses_makes_one_arm_each_and_a_tuned_baseline(store, tmp_path):
     args = [*SWEEP, "--methods", "sgan,cnn_tuned", "--labels", "20", "--seeds", "0", "--experiment", "arms"]
-    args += ["--variant", "stacked,k_plus_one", "--generator-loss", "non_saturating,feature_matching"]
+    args += ["--variant", "k_plus_one", "--generator-loss", "non_saturating,feature_matching", "--max-parallel", "2"]
     result = cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _trial_runs("arms")
     assert set(runs.status) == {"FINISHED"}
-    assert sorted(runs["tags.arm"]) == [
-        "cnn_tuned",
-        "sgan k_plus_one",
-        "sgan k_plus_one feature matching",
-        "sgan stacked",
-        "sgan stacked feature matching",
-    ]
+    assert sorted(runs["tags.arm"]) == ["cnn_tuned", "sgan k_plus_one", "sgan k_plus_one feature matching"]
     parent = _parents("arms").run_id.iloc[0]
     assert set(runs["tags.mlflow.parentRunId"]) == {parent}
     # the tuned baseline's search is nested under the sweep too, with its candidates under it
@@ -171,64 +148,5 @@ def test_a_sweep_over_variants_and_generator_losses_makes_one_arm_each_and_a_tun
     report = cli("report", "--experiment", "arms", "--sweep-run-id", parent, "--out", str(tmp_path / "r"))
     assert report.returncode == 0, report.stderr[-3000:]
     paired = pd.read_csv(tmp_path / "r" / "paired.csv")
-    assert len(paired) == 4 and set(paired.baseline_arm) == {"cnn_tuned"} and set(paired.n_pairs) == {1}
-
-
-def test_a_sweep_started_again_resumes_a_half_done_trial_from_its_checkpoint(store, tmp_path):
-    args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0", "--epochs", "3", "--experiment", "halfway"]
-    stopped = cli(*args, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})  # the trial dies hard after epoch 1
-    assert stopped.returncode == 1 and "1 failed" in stopped.stdout
-    (run,) = _trial_runs("halfway").itertuples()
-    assert run.status == "FAILED"
-    again = cli(*args, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    (resumed,) = _trial_runs("halfway").itertuples()
-    assert resumed.run_id == run.run_id and resumed.status == "FINISHED"
-    history = mlflow.MlflowClient().get_metric_history(run.run_id, "test_accuracy")
-    assert sorted(m.step for m in history) == [1, 2, 3]
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-        except OSError:  # the process ended while we looked
-            pass
-    return found
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running(store, tmp_path, signum):
-    """What `kill`, `timeout`, systemd or a scheduler do: signal the sweep's process only."""
-    args = [*SWEEP, "--methods", "sgan", "--labels", "10", "--seeds", "0,1", "--epochs", "50", "--experiment", "stop"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until the first trial has logged an epoch
-        runs = _trial_runs("stop") if mlflow.get_experiment_by_name("stop") else pd.DataFrame()
-        if not runs.empty and mlflow.MlflowClient().get_metric_history(runs.run_id.iloc[0], "test_accuracy"):
-            break
-        time.sleep(1)
-    parent = _parents("stop").run_id.iloc[0]
-    assert _processes_mentioning(parent), "the trial process should be running"
-    for _ in range(60):  # the running trial's log reaches the parent run while it runs
-        if mlflow.artifacts.list_artifacts(run_id=parent, artifact_path="trial_logs"):
-            break
-        time.sleep(1)
-    log = mlflow.artifacts.load_text(f"runs:/{parent}/trial_logs/sgan-stacked-digits-L10-s0.log")
-    assert "epoch 1/50 done at" in log
-    sweep.send_signal(signum)
-    _, stderr = sweep.communicate(timeout=300)
-    assert sweep.returncode == 128 + signum, stderr[-3000:]
-    assert f"stopped by {signal.Signals(signum).name}" in stderr and "run the same command again" in stderr
-    assert _processes_mentioning(parent) == []  # no orphan trial
-    statuses = set(mlflow.search_runs(experiment_names=["stop"]).status)
-    assert statuses == {"KILLED"}  # the parent and the running trial; the second trial never started
-    assert len(_trial_runs("stop")) == 1
+    assert len(paired) == 2 and set(paired.baseline_arm) == {"cnn_tuned"} and set(paired.n_pairs) == {1}
+    assert not (tmp_path / "r" / "sgan_contrasts.csv").exists()  # no stacked float32 SGAN to contrast with

@@ -20,7 +20,7 @@ from pipeline.report.content import blocks
 from pipeline.report.document import to_html, to_markdown
 from pipeline.report.notes import coverage_notes
 from pipeline.report.runs import METRICS, ReportError, latest_per_identity, load_runs
-from pipeline.report.statistics import ema_effect, paired_differences, rank_arms, summarize
+from pipeline.report.statistics import ema_effect, paired_differences, rank_arms, sgan_contrasts, summarize
 from pipeline.schema import REPORT_TAG
 
 __all__ = ["Report", "ReportError", "build_report", "make_report", "write_report"]
@@ -36,6 +36,7 @@ class Report:
     paired: pd.DataFrame
     ranking: pd.DataFrame
     ema_effect: pd.DataFrame  # EMA minus raw classifier, per arm and label count
+    contrasts: pd.DataFrame  # every other SGAN arm minus the stacked float32 one, per label count
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     commentary: list[str] = field(default_factory=list)  # the analyst's findings, one paragraph each
@@ -47,7 +48,8 @@ def build_report(experiment: str, sweep_run_id: str | None = None, metric: str =
     runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id))
     summary, paired = summarize(runs, metric), paired_differences(runs, metric)
     notes = coverage_notes(runs, superseded, paired, metric)
-    return Report(experiment, metric, runs, superseded, summary, paired, rank_arms(summary), ema_effect(runs), notes)
+    ranking, contrasts = rank_arms(summary), sgan_contrasts(runs, metric)
+    return Report(experiment, metric, runs, superseded, summary, paired, ranking, ema_effect(runs), contrasts, notes)
 
 
 def write_report(report: Report, folder: Path) -> list[Path]:
@@ -55,6 +57,8 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     tables = {"summary.csv": report.summary, "paired.csv": report.paired, "ranking.csv": report.ranking}
     tables["ema_effect.csv"] = report.ema_effect
+    if not report.contrasts.empty:
+        tables["sgan_contrasts.csv"] = report.contrasts
     tables["runs.csv"] = report.runs
     for name, table in tables.items():
         table.to_csv(folder / name, index=False)

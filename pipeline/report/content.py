@@ -73,6 +73,8 @@ def blocks(report, figures: list[str]) -> list[tuple[str, object]]:
     paired["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in report.paired["p_value"]]
     ema = _points(report.ema_effect, ["mean_diff", "ci_low", "ci_high"])
     ema["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in report.ema_effect["p_value"]]
+    contrasts = _points(report.contrasts, ["mean_diff", "ci_low", "ci_high"])
+    contrasts["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in report.contrasts["p_value"]]
     ranking = _percent(report.ranking, ["mean"])
     ranking["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in report.ranking["std"]]
     parts: list[tuple[str, object]] = [
@@ -98,6 +100,20 @@ def blocks(report, figures: list[str]) -> list[tuple[str, object]]:
             "(`scipy.stats.ttest_rel`). Two arms are never pooled.",
         ),
         ("table", paired),
+        *(
+            [
+                ("h2", "SGAN arms against the stacked float32 SGAN"),
+                (
+                    "p",
+                    "What a discriminator variant, the generator loss or the precision changes: each other SGAN arm "
+                    "minus `sgan stacked` (non-saturating generator loss, float32) of the same data, protocol, "
+                    "architecture and label count, paired by seed as above.",
+                ),
+                ("table", contrasts),
+            ]
+            if not report.contrasts.empty
+            else []
+        ),
         ("h2", "Arms ranked per label count"),
         ("p", "By mean test accuracy; a rank says nothing of significance (see the paired table)."),
         ("table", ranking),

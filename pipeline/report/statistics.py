@@ -1,4 +1,5 @@
-"""The numbers: accuracy per arm, paired differences between SGAN arms and baseline arms, a ranking.
+"""The numbers: accuracy per arm, paired differences between SGAN arms and baseline arms, contrasts
+between SGAN arms (variant, generator loss, precision), a ranking.
 
 Pure functions of the runs table (one row per run that counts, see `runs.latest_per_identity`).
 `metric` names the column compared: `final` (the raw classifier) or `ema` (its moving average).
@@ -10,12 +11,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline.config import BASELINES
+from pipeline.config import BASELINES, arm_name
 from pipeline.report.runs import GROUP
 
 CONFIDENCE = 0.95
 PAIRED_COLUMNS = [*GROUP, "labels", "sgan_arm", "baseline_arm", "n_pairs", "mean_diff", "ci_low", "ci_high"]
 PAIRED_COLUMNS += ["p_value", "wins", "losses", "ties"]
+CONTRAST_COLUMNS = [*GROUP, "labels", "arm", "reference_arm", "n_pairs", "mean_diff", "ci_low", "ci_high"]
+CONTRAST_COLUMNS += ["p_value", "wins", "losses", "ties"]
 
 
 def summarize(runs: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
@@ -46,6 +49,23 @@ def paired_differences(runs: pd.DataFrame, metric: str = "final", confidence: fl
                 a, b = by_arm[sgan_arm].align(by_arm[baseline_arm], join="inner")
                 rows.append((*key, sgan_arm, baseline_arm, *_paired(a.to_numpy(), b.to_numpy(), confidence)))
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def sgan_contrasts(runs: pd.DataFrame, metric: str = "final", confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Every other SGAN arm minus the reference SGAN arm (stacked, non-saturating, float32) of the same
+    data, protocol, architecture and label count, paired by seed: what a variant, the generator loss or
+    the precision changes, measured as the baselines are."""
+    rows = []
+    runs = runs.dropna(subset=[metric]) if not runs.empty else runs
+    for key, group in runs.groupby([*GROUP, "labels"]) if not runs.empty else []:
+        by_arm = {arm: rows_.set_index("seed")[metric] for arm, rows_ in group.groupby("arm")}
+        reference = arm_name("sgan", "stacked", architecture=key[GROUP.index("architecture")])
+        if reference not in by_arm:
+            continue
+        for arm in sorted(a for a in by_arm if a.startswith("sgan") and a != reference):
+            a, b = by_arm[arm].align(by_arm[reference], join="inner")
+            rows.append((*key, arm, reference, *_paired(a.to_numpy(), b.to_numpy(), confidence)))
+    return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
 
 
 def _paired(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple:

@@ -1,0 +1,106 @@
+"""Stopping and resuming sweeps with real processes and real signals: Ctrl-C, SIGTERM, a trial killed hard.
+(Apart from test_sweep.py so that the two long groups run in parallel under pytest-xdist.)"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from .conftest import cli
+from .test_sweep import SWEEP, _parents, _trial_runs
+
+
+def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_path):
+    args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0,1,2", "--experiment", "interrupted"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the first trial to finish, then press Ctrl-C
+        runs = _trial_runs("interrupted") if mlflow.get_experiment_by_name("interrupted") else pd.DataFrame()
+        if not runs.empty and (runs.status == "FINISHED").any():
+            break
+        time.sleep(1)
+    os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130, stderr[-3000:]
+    assert "run the same command again to resume" in stderr
+    assert _parents("interrupted").status.iloc[0] == "KILLED"
+    finished_before = set(_trial_runs("interrupted").query("status == 'FINISHED'").run_id)
+    assert 1 <= len(finished_before) < 3
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"3/3 trials finished ({len(finished_before)} reused)" in again.stdout
+    finished = _trial_runs("interrupted").query("status == 'FINISHED'")
+    assert finished_before <= set(finished.run_id) and len(finished) == 3
+
+
+def test_a_sweep_started_again_resumes_a_half_done_trial_from_its_checkpoint(store, tmp_path):
+    args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0", "--epochs", "3", "--experiment", "halfway"]
+    stopped = cli(*args, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})  # the trial dies hard after epoch 1
+    assert stopped.returncode == 1 and "1 failed" in stopped.stdout
+    (run,) = _trial_runs("halfway").itertuples()
+    assert run.status == "FAILED"
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (resumed,) = _trial_runs("halfway").itertuples()
+    assert resumed.run_id == run.run_id and resumed.status == "FINISHED"
+    history = mlflow.MlflowClient().get_metric_history(run.run_id, "test_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running(store, tmp_path, signum):
+    """What `kill`, `timeout`, systemd or a scheduler do: signal the sweep's process only."""
+    args = [*SWEEP, "--methods", "sgan", "--labels", "10", "--seeds", "0,1", "--epochs", "50", "--experiment", "stop"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the first trial has logged an epoch
+        runs = _trial_runs("stop") if mlflow.get_experiment_by_name("stop") else pd.DataFrame()
+        if not runs.empty and mlflow.MlflowClient().get_metric_history(runs.run_id.iloc[0], "test_accuracy"):
+            break
+        time.sleep(1)
+    parent = _parents("stop").run_id.iloc[0]
+    assert _processes_mentioning(parent), "the trial process should be running"
+    for _ in range(60):  # the running trial's log reaches the parent run while it runs
+        if mlflow.artifacts.list_artifacts(run_id=parent, artifact_path="trial_logs"):
+            break
+        time.sleep(1)
+    log = mlflow.artifacts.load_text(f"runs:/{parent}/trial_logs/sgan-stacked-digits-L10-s0.log")
+    assert "epoch 1/50 done at" in log
+    sweep.send_signal(signum)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "run the same command again" in stderr
+    assert _processes_mentioning(parent) == []  # no orphan trial
+    statuses = set(mlflow.search_runs(experiment_names=["stop"]).status)
+    assert statuses == {"KILLED"}  # the parent and the running trial; the second trial never started
+    assert len(_trial_runs("stop")) == 1
