@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduce the long sweeps behind the committed reports, one after another, into one MLflow store.
+#
+#   reports/reproduce.sh [STORE_DIR] [SWEEP...]     SWEEP: main variants precision gans_in_action paper
+#
+# STORE_DIR (default ~/sgan-store) holds mlflow.db, the artifacts and one log per sweep; keep it outside the
+# clone so that it outlives it. Stopped (Ctrl-C, SIGTERM, the machine going away) and started again with the
+# same arguments, every sweep reuses its finished trials and resumes a half-done trial from its last
+# checkpoint. The reports are then written with `python -m pipeline report` (see reports/README.md).
+set -euo pipefail
+
+store="$(realpath -m "${1:-$HOME/sgan-store}")"
+shift || true
+sweeps=("$@")
+[[ ${#sweeps[@]} -gt 0 ]] || sweeps=(main variants precision gans_in_action paper)
+mkdir -p "$store"
+export MLFLOW_TRACKING_URI="sqlite:///$store/mlflow.db" PYTHONUNBUFFERED=1
+cd "$store"  # experiments created here keep their artifacts in $store/mlruns
+python=${PYTHON:-python}
+sweep() { "$python" -m pipeline sweep --max-parallel "${MAX_PARALLEL:-2}" "$@"; }
+
+for name in "${sweeps[@]}"; do
+  echo "$(date -u +%FT%TZ) $name" >&2
+  case "$name" in
+    main)  # issue 9: the stacked SGAN, the compute-matched CNN and the tuned CNN; 100 labels first
+      sweep --experiment mnist-quick --profile quick --methods sgan,cnn,cnn_tuned \
+        --labels 100,25,50,1000 --seeds 0,1,2,3,4 >> main-sweep.log 2>&1 ;;
+    variants)  # issue 9: the other discriminators and the feature-matching generator (stacked comes from main)
+      sweep --experiment mnist-quick --profile quick --methods sgan --labels 100 --seeds 0,1,2,3,4 \
+        --variant two_head,k_plus_one >> variants-sweep.log 2>&1
+      sweep --experiment mnist-quick --profile quick --methods sgan --labels 100 --seeds 0,1,2,3,4 \
+        --variant stacked --generator-loss feature_matching >> variants-sweep.log 2>&1 ;;
+    precision)  # issue 13: bfloat16 against the float32 runs of main, paired by seed
+      sweep --experiment mnist-quick --profile quick --methods sgan --labels 100,25 --seeds 0,1,2,3,4 \
+        --precision bfloat16 >> precision-sweep.log 2>&1 ;;
+    gans_in_action)  # issue 14: the second architecture at its own protocol
+      sweep --experiment mnist-gans-in-action --architecture gans_in_action --profile gans_in_action \
+        --methods sgan,cnn,cnn_source,cnn_tuned --labels 100,25,50,1000 --seeds 0,1,2 >> gia-sweep.log 2>&1 ;;
+    paper)  # issue 10: the reference protocol, 12,000 steps per SGAN run
+      sweep --experiment mnist-paper --profile paper --methods sgan,cnn,cnn_tuned --labels 100 --seeds 0,1,2 \
+        >> paper-sweep.log 2>&1 ;;
+    *) echo "unknown sweep '$name': one of main variants precision gans_in_action paper" >&2; exit 2 ;;
+  esac
+done
