@@ -20,31 +20,6 @@ def mlflow_run(*args: str, env: dict[str, str] | None = None):
     )
 
 
-def test_sgan_entry_point_runs_with_mlflow_run(store):
-    result = mlflow_run(
-        "-e",
-        "sgan",
-        "-P",
-        "dataset=digits",
-        "-P",
-        "profile=smoke",
-        "-P",
-        "labels=20",
-        "-P",
-        "seed=1",
-        "-P",
-        "variant=two_head",
-        "--experiment-name",
-        "via-mlflow-run",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = mlflow.search_runs(experiment_names=["via-mlflow-run"], output_format="list")
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["method"] == "sgan" and run.data.params["variant"] == "two_head"
-    assert run.data.params["num_epochs"] == "2" and run.data.params["labels"] == "20"
-    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")) == 2
-
-
 def test_an_experiment_parameter_that_mlflow_run_cannot_honour_is_refused(store):
     result = mlflow_run("-e", "cnn", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "experiment=elsewhere")
     assert result.returncode != 0
@@ -106,8 +81,9 @@ def test_every_entry_point_passes_each_parameter_to_a_cli_flag_with_the_same_def
             assert str(default).lower() == str(cli_default).lower(), (name, parameter, default, cli_default)
 
 
-def test_mlflow_run_resumes_a_stopped_run_with_run_id_and_resume(store):
-    args = ["-e", "cnn", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "epochs=3", "--experiment-name", "mr"]
+def test_mlflow_run_trains_an_sgan_and_resumes_it_after_a_stop_with_run_id_and_resume(store):
+    args = ["-e", "sgan", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "epochs=3", "-P", "labels=20"]
+    args += ["-P", "seed=1", "-P", "variant=two_head", "--experiment-name", "mr"]
     stopped = mlflow_run(*args, env={"SGAN_KILL_AFTER_EPOCH": "1"})
     assert stopped.returncode != 0
     (run,) = mlflow.search_runs(experiment_names=["mr"], output_format="list")
@@ -116,5 +92,7 @@ def test_mlflow_run_resumes_a_stopped_run_with_run_id_and_resume(store):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (after,) = mlflow.search_runs(experiment_names=["mr"], output_format="list")
     assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert after.data.tags["method"] == "sgan" and after.data.params["variant"] == "two_head"
+    assert after.data.params["num_epochs"] == "3" and after.data.params["labels"] == "20"
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")]
     assert sorted(steps) == [1, 2, 3]
