@@ -38,34 +38,38 @@ def paired_differences(runs: pd.DataFrame, metric: str = "final", confidence: fl
     seeds both have (same seed = same labeled images): mean, the paired t interval and p-value
     (`scipy.stats.ttest_rel`), wins/losses/ties. Two arms are never pooled; with fewer than two pairs
     there is no interval."""
-    rows = []
-    runs = runs.dropna(subset=[metric]) if not runs.empty else runs
-    for key, group in runs.groupby([*GROUP, "labels"]) if not runs.empty else []:
-        by_arm = {arm: rows_.set_index("seed")[metric] for arm, rows_ in group.groupby("arm")}
-        sgan_arms = sorted(arm for arm in by_arm if arm.startswith("sgan"))
-        baseline_arms = sorted(arm for arm in by_arm if arm.split()[0] in BASELINES)
-        for sgan_arm in sgan_arms:
-            for baseline_arm in baseline_arms:
-                a, b = by_arm[sgan_arm].align(by_arm[baseline_arm], join="inner")
-                rows.append((*key, sgan_arm, baseline_arm, *_paired(a.to_numpy(), b.to_numpy(), confidence)))
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+    def pairs(key: tuple, arms: list[str]) -> list[tuple[str, str]]:
+        baselines = [arm for arm in arms if arm.split()[0] in BASELINES]
+        return [(sgan, baseline) for sgan in arms if sgan.startswith("sgan") for baseline in baselines]
+
+    return _pair_arms(runs, metric, confidence, pairs, PAIRED_COLUMNS)
 
 
 def sgan_contrasts(runs: pd.DataFrame, metric: str = "final", confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Every other SGAN arm minus the reference SGAN arm (stacked, non-saturating, float32) of the same
     data, protocol, architecture and label count, paired by seed: what a variant, the generator loss or
     the precision changes, measured as the baselines are."""
+
+    def pairs(key: tuple, arms: list[str]) -> list[tuple[str, str]]:
+        reference = arm_name("sgan", "stacked", architecture=key[GROUP.index("architecture")])
+        others = [arm for arm in arms if arm.startswith("sgan") and arm != reference]
+        return [(arm, reference) for arm in others] if reference in arms else []
+
+    return _pair_arms(runs, metric, confidence, pairs, CONTRAST_COLUMNS)
+
+
+def _pair_arms(runs: pd.DataFrame, metric: str, confidence: float, pairs, columns: list[str]) -> pd.DataFrame:
+    """Per data, protocol, architecture and label count, arm A minus arm B over the seeds both have, for
+    each (A, B) that `pairs(key, sorted arms present)` names."""
     rows = []
     runs = runs.dropna(subset=[metric]) if not runs.empty else runs
     for key, group in runs.groupby([*GROUP, "labels"]) if not runs.empty else []:
         by_arm = {arm: rows_.set_index("seed")[metric] for arm, rows_ in group.groupby("arm")}
-        reference = arm_name("sgan", "stacked", architecture=key[GROUP.index("architecture")])
-        if reference not in by_arm:
-            continue
-        for arm in sorted(a for a in by_arm if a.startswith("sgan") and a != reference):
-            a, b = by_arm[arm].align(by_arm[reference], join="inner")
-            rows.append((*key, arm, reference, *_paired(a.to_numpy(), b.to_numpy(), confidence)))
-    return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
+        for first, second in pairs(key, sorted(by_arm)):
+            a, b = by_arm[first].align(by_arm[second], join="inner")
+            rows.append((*key, first, second, *_paired(a.to_numpy(), b.to_numpy(), confidence)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _paired(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple:
