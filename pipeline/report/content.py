@@ -65,16 +65,18 @@ def _points(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return shown
 
 
+def _differences(table: pd.DataFrame) -> pd.DataFrame:
+    """A table of paired differences as shown: signed points and a short p-value."""
+    shown = _points(table, ["mean_diff", "ci_low", "ci_high"])
+    shown["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in table["p_value"]]
+    return shown
+
+
 def blocks(report, figures: list[str]) -> list[tuple[str, object]]:
     """`report` is a `pipeline.report.Report`; `figures` the names of the figure files written."""
     summary = _percent(report.summary, ["mean", "min", "max"])
     summary["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in report.summary["std"]]
-    paired = _points(report.paired, ["mean_diff", "ci_low", "ci_high"])
-    paired["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in report.paired["p_value"]]
-    ema = _points(report.ema_effect, ["mean_diff", "ci_low", "ci_high"])
-    ema["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in report.ema_effect["p_value"]]
-    contrasts = _points(report.contrasts, ["mean_diff", "ci_low", "ci_high"])
-    contrasts["p_value"] = [f"{v:.3g}" if pd.notna(v) else "n/a" for v in report.contrasts["p_value"]]
+    paired, ema, contrasts = (_differences(t) for t in (report.paired, report.ema_effect, report.contrasts))
     ranking = _percent(report.ranking, ["mean"])
     ranking["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in report.ranking["std"]]
     parts: list[tuple[str, object]] = [
