@@ -35,9 +35,19 @@ def tracking_store(folder: Path):
         # create the tables now: a test that polls the store while a child process creates them can clash
         # with it ("table ... already exists")
         mlflow.search_experiments()
-        yield uri
-        while mlflow.active_run():
-            mlflow.end_run()
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_experiment():
+    """`mlflow.set_experiment` exports MLFLOW_EXPERIMENT_ID for child processes; one test's experiment must not
+    leak into a later test's `mlflow run` in the same worker (which then refuses `--experiment-name`)."""
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 @pytest.fixture
