@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import mlflow
@@ -81,6 +83,29 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
         env={**os.environ, **(env or {})},
         timeout=600,
     )
+
+
+def refused(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """`python -m pipeline ...` for input it must refuse before any work, run in this process: the same
+    parser, checks, messages and exit code as the command, without a Python start-up that imports
+    TensorFlow and MLflow for each case (commands that do work are run in real processes, by `cli`)."""
+    from pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(out), redirect_stderr(err):
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        if cwd is not None:
+            mp.chdir(cwd)
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's own refusals
+            code = exit_.code
+        finally:
+            for signum, handler in handlers.items():  # main() installs its stop handlers
+                signal.signal(signum, handler)
+    return subprocess.CompletedProcess(["pipeline", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.models import build_discriminator
 
-from .conftest import cli
+from .conftest import cli, refused
 
 
 def _digits():
@@ -73,5 +73,5 @@ def test_the_bench_names_the_cpu_features_that_decide_its_figures():
 
 
 def test_bench_rejects_bad_settings():
-    result = cli("bench", "--rounds", "0")
+    result = refused("bench", "--rounds", "0")
     assert result.returncode == 2 and "rounds=0 must be a positive integer" in result.stderr

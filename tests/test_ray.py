@@ -13,7 +13,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.ray_executor import check_tracking_for_cluster
 
-from .conftest import assert_nothing_lost, cli
+from .conftest import assert_nothing_lost, cli, refused
 from .test_sweep import _parents, _trial_runs
 from .test_sweep_stops import _processes_mentioning
 
@@ -104,7 +104,7 @@ def test_executor_ray_without_ray_says_how_to_install(tmp_path):
 
 
 def test_bad_ray_resources_are_refused_before_any_run(tmp_path):
-    result = cli(*RAY_SWEEP[:-2], "--cpus-per-trial", "0", cwd=tmp_path)
+    result = refused(*RAY_SWEEP[:-2], "--cpus-per-trial", "0", cwd=tmp_path)
     assert result.returncode == 2 and "cpus_per_trial=0.0 must be positive" in result.stderr
-    result = cli("sweep", "--dataset", "digits", "--executor", "spark", cwd=tmp_path)
+    result = refused("sweep", "--dataset", "digits", "--executor", "spark", cwd=tmp_path)
     assert result.returncode == 2 and "executor='spark' is not one of local, ray" in result.stderr

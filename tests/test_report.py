@@ -11,7 +11,7 @@ from scipy import stats
 
 from pipeline.report import build_report, make_report
 
-from .conftest import cli
+from .conftest import cli, refused
 
 # final test accuracy per (method, labels, seed): SGAN wins at 50, loses once at 1000
 KNOWN = {
@@ -185,9 +185,9 @@ def test_an_experiment_without_finished_runs_gives_a_clear_message(store, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     assert "No finished SGAN or baseline runs were found" in result.stdout
     assert "nothing to compare yet" in (tmp_path / "out" / "report.md").read_text()
-    missing = cli("report", "--experiment", "no-such-experiment", "--out", str(tmp_path / "x"))
+    missing = refused("report", "--experiment", "no-such-experiment", "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "experiment 'no-such-experiment' does not exist" in missing.stderr
-    metric = cli("report", "--experiment", "empty", "--metric", "best", "--out", str(tmp_path / "y"))
+    metric = refused("report", "--experiment", "empty", "--metric", "best", "--out", str(tmp_path / "y"))
     assert metric.returncode == 2 and "metric='best' is not one of final, ema" in metric.stderr
 
 

@@ -3,7 +3,7 @@
 import mlflow
 import pytest
 
-from .conftest import cli
+from .conftest import cli, refused
 
 RUN = ["--dataset", "digits", "--profile", "smoke", "--epochs", "4", "--labels", "20", "--seed", "2", "--quiet"]
 KEYS = ["test_accuracy", "test_accuracy_ema", "val_accuracy", "labeled_accuracy", "loss_supervised"]
@@ -56,11 +56,11 @@ def test_resume_refuses_other_settings_and_finished_runs(store, tmp_path):
     killed = cli("cnn", *RUN, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})
     assert killed.returncode == -9
     run_id = _only_run("digits-smoke").info.run_id
-    other = cli("cnn", *RUN, "--labels", "30", "--resume", run_id, cwd=tmp_path)
+    other = refused("cnn", *RUN, "--labels", "30", "--resume", run_id, cwd=tmp_path)
     assert other.returncode == 2 and f"resume={run_id}: that run was made with another configuration" in other.stderr
     done = cli("cnn", *RUN, "--resume", run_id, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    again = cli("cnn", *RUN, "--resume", run_id, cwd=tmp_path)
+    again = refused("cnn", *RUN, "--resume", run_id, cwd=tmp_path)
     assert again.returncode == 2 and "already FINISHED" in again.stderr
-    missing = cli("cnn", *RUN, "--resume", "0123456789abcdef0123456789abcdef", cwd=tmp_path)
+    missing = refused("cnn", *RUN, "--resume", "0123456789abcdef0123456789abcdef", cwd=tmp_path)
     assert missing.returncode == 2 and "no such run" in missing.stderr

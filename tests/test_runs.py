@@ -12,7 +12,7 @@ from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.runs import train_run
 
-from .conftest import cli, tracking_store
+from .conftest import cli, refused, tracking_store
 
 SGAN_LOSSES = ["loss_supervised", "loss_unsupervised_real", "loss_unsupervised_fake", "loss_generator"]
 
@@ -173,7 +173,7 @@ def _free_port():
     ],
 )
 def test_bad_input_fails_before_training_and_creates_no_run(store, args, message):
-    result = cli(
+    result = refused(
         *args, "--profile" if "--profile" not in args else "--quiet", *(["smoke"] if "--profile" not in args else [])
     )
     assert result.returncode == 2, result.stderr
@@ -184,7 +184,7 @@ def test_bad_input_fails_before_training_and_creates_no_run(store, args, message
 
 def test_unreadable_data_file_is_reported_with_its_path(store, tmp_path):
     (tmp_path / "mnist.npz").write_bytes(b"this is not a zip file")
-    result = cli("sgan", "--profile", "smoke", env={"SGAN_DATA_DIR": str(tmp_path)})
+    result = refused("sgan", "--profile", "smoke", env={"SGAN_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2
     assert f"{tmp_path / 'mnist.npz'}: cannot read the file" in result.stderr
     assert mlflow.search_runs(search_all_experiments=True).empty
