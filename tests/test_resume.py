@@ -9,11 +9,16 @@ RUN = ["--dataset", "digits", "--profile", "smoke", "--epochs", "4", "--labels",
 KEYS = ["test_accuracy", "test_accuracy_ema", "val_accuracy", "labeled_accuracy", "loss_supervised"]
 
 
-def _only_run(experiment, method="cnn"):
-    """The one training run (a cnn_tuned experiment also holds its recipe search and candidates)."""
-    (run,) = mlflow.search_runs(
+def _runs(experiment, method="cnn"):
+    """The training runs, oldest first (a cnn_tuned experiment also holds its recipe search and candidates)."""
+    runs = mlflow.search_runs(
         experiment_names=[experiment], filter_string=f"tags.method = '{method}'", output_format="list"
     )
+    return sorted(runs, key=lambda run: run.info.start_time)
+
+
+def _only_run(experiment, method="cnn"):
+    (run,) = _runs(experiment, method)
     return run
 
 
@@ -30,19 +35,19 @@ def _histories(run_id, keys):
     ],
 )
 def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_float(store, tmp_path, method, keys):
-    whole = cli(method, *RUN, "--experiment", "whole", cwd=tmp_path)
+    # one experiment: cnn_tuned's recipe search runs once and serves both runs
+    whole = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = cli(method, *RUN, "--experiment", "killed", cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "2"})
+    killed = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "2"})
     assert killed.returncode == -9  # SIGKILL: nothing of the process could react
-    run = _only_run("killed", method)
+    reference, run = _runs("resume", method)
     assert run.info.status == "RUNNING"  # what a hard stop leaves; the resume ends it properly
     assert [s for s, _ in _histories(run.info.run_id, ["test_accuracy"])["test_accuracy"]] == [1, 2]
     resumed = cli(method, *RUN, "--resume", run.info.run_id, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = mlflow.get_run(run.info.run_id)
-    assert after.info.status == "FINISHED" and _only_run("killed", method).info.run_id == run.info.run_id
+    assert after.info.status == "FINISHED" and [r.info.run_id for r in _runs("resume", method)][1:] == [run.info.run_id]
     assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="checkpoint") == []  # pruned
-    reference = _only_run("whole", method)
     expected, got = _histories(reference.info.run_id, keys), _histories(run.info.run_id, keys)
     steps = list(range(1, 5 if method == "sgan" else 13))  # cnn_tuned trains three times the 4 epochs
     for key in keys:
