@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pipeline.config import (
     ARCHITECTURES,
+    AUGMENTATIONS,
+    AUGMENTED_METHODS,
     DATASETS,
     GENERATOR_LOSSES,
     LABELED_SUBSETS,
@@ -60,6 +62,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--generator-loss",
         default="non_saturating",
         help=f"SGAN generator loss: {', '.join(GENERATOR_LOSSES)} (sweeps: a list)",
+    )
+    parser.add_argument(
+        "--augment",
+        default="none",
+        help=f"{' or '.join(AUGMENTATIONS)}: random 2-pixel translations of the labeled images in the supervised "
+        f"update ({', '.join(AUGMENTED_METHODS)}; cnn_tuned's search chooses its own; sweeps: a list)",
     )
     parser.add_argument(
         "--precision", default="float32", help="float32 (default) or bfloat16 (mixed precision, float32 weights)"
@@ -157,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_single(args: argparse.Namespace) -> int:
+    if args.augment != "none" and args.command not in AUGMENTED_METHODS:
+        raise ConfigError(
+            f"augment={args.augment!r}: {args.command} does not take an augmentation "
+            f"(only {', '.join(AUGMENTED_METHODS)}; cnn_tuned's search chooses its own)"
+        )
     config = resolve_config(
         method=args.command,
         dataset=args.dataset,
@@ -171,6 +184,7 @@ def run_single(args: argparse.Namespace) -> int:
         generator_loss=args.generator_loss,
         architecture=args.architecture,
         labeled_subset=args.labeled_subset,
+        augment=args.augment,
     )
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
@@ -204,6 +218,7 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         parse_list("seeds", args.seeds, int),
         parse_list("variant", args.variant),
         parse_list("generator_loss", args.generator_loss),
+        parse_list("augment", args.augment),
         dataset=args.dataset,
         profile=args.profile,
         epochs=args.epochs,
@@ -221,6 +236,7 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         "profile": args.profile,
         "variant": args.variant,
         "generator_loss": args.generator_loss,
+        "augment": args.augment,
         "num_epochs": trials[0].config.epochs,
         "steps_per_epoch": trials[0].config.steps_per_epoch,
         "precision": args.precision,

@@ -18,6 +18,11 @@ BASELINES = ("cnn", "cnn_tuned", "cnn_source")  # supervised methods: the same n
 LABELED_SUBSETS = ("balanced", "first")  # seeded and class-balanced; or the first N images, as one source does
 PRECISIONS = ("float32", "bfloat16")  # bfloat16: mixed precision, float32 weights
 GENERATOR_LOSSES = ("non_saturating", "feature_matching")
+# of the labeled images in the supervised update: none, or random translations of up to 2 pixels. A choice of
+# the methods with a fixed recipe (part of their arm); cnn_tuned's search chooses its own, cnn_source follows
+# its source.
+AUGMENTATIONS = ("none", "shift")
+AUGMENTED_METHODS = ("sgan", "cnn")
 NUM_CLASSES = 10  # every supported dataset has ten classes
 TUNED_EPOCH_FACTOR = 3  # cnn_tuned may train this many times the protocol's epochs, stopping early
 # cnn_tuned's recipe search (see pipeline.tuning): RunConfig fields and the values tried; the grid is
@@ -25,7 +30,7 @@ TUNED_EPOCH_FACTOR = 3  # cnn_tuned may train this many times the protocol's epo
 TUNED_SEARCH_SPACE: dict[str, tuple] = {
     "learning_rate": (1e-3,),
     "beta_1": (0.9,),
-    "augment": ("none", "shift"),
+    "augment": AUGMENTATIONS,
     "weight_decay": (0.0, 0.1),
 }
 
@@ -156,13 +161,15 @@ class RunConfig:
 
     @property
     def arm(self) -> str:
-        return arm_name(self.method, self.variant, self.generator_loss, self.precision, self.architecture)
+        return arm_name(self.method, self.variant, self.generator_loss, self.precision, self.architecture, self.augment)
 
     @property
     def run_name(self) -> str:
         tag = f"{self.method}-{self.variant}" if self.method == "sgan" else self.method
         if self.method == "sgan" and self.generator_loss == "feature_matching":
             tag += "-fm"
+        if self.method in AUGMENTED_METHODS and self.augment != "none":
+            tag += f"-{self.augment}"
         if self.architecture != "mlm":
             tag += f"-{self.architecture}"
         return f"{tag}-{self.dataset}-L{self.labels}-s{self.seed}"
@@ -183,15 +190,18 @@ def arm_name(
     generator_loss: str = "non_saturating",
     precision: str = "float32",
     architecture: str = "mlm",
+    augment: str = "none",
 ) -> str:
     """An arm is everything that defines a method's recipe (not the data, the protocol or the seed), as
-    one readable name: `sgan stacked`, `sgan two_head feature matching bfloat16`, `cnn_tuned`,
-    `cnn_source gans_in_action`."""
+    one readable name: `sgan stacked`, `sgan two_head feature matching bfloat16`, `sgan stacked shift`,
+    `cnn_tuned` (whatever its search chose), `cnn_source gans_in_action`."""
     parts = [method]
     if method == "sgan":
         parts.append(variant)
         if generator_loss not in ("non_saturating", "none"):
             parts.append(generator_loss.replace("_", " "))
+    if method in AUGMENTED_METHODS and augment != "none":
+        parts.append(augment)
     if precision != "float32":
         parts.append(precision)
     if architecture != "mlm":
@@ -233,6 +243,7 @@ def resolve_config(
     generator_loss: str = "non_saturating",
     architecture: str = "mlm",
     labeled_subset: str = "balanced",
+    augment: str = "none",
 ) -> RunConfig:
     """Validate user settings and fill in the profile's values; explicit values win. `cnn_source`
     takes its optimizer, batch and epochs from its architecture's source instead of the profile."""
@@ -244,6 +255,7 @@ def resolve_config(
     check_choice("generator_loss", generator_loss, GENERATOR_LOSSES)
     check_choice("architecture", architecture, list(ARCHITECTURES))
     check_choice("labeled_subset", labeled_subset, LABELED_SUBSETS)
+    check_choice("augment", augment, AUGMENTATIONS)
     source = ARCHITECTURES[architecture].source_baseline
     if method == "cnn_source" and source is None:
         with_one = ", ".join(name for name, known in ARCHITECTURES.items() if known.source_baseline)
@@ -280,6 +292,7 @@ def resolve_config(
         select_epoch="best_validation" if method == "cnn_tuned" else "last",
         architecture=architecture,
         labeled_subset=labeled_subset,
+        augment=augment if method in AUGMENTED_METHODS else "none",
         **recipe,
     )
 

@@ -215,7 +215,7 @@ def _validation(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def model_params(config: RunConfig) -> dict[str, object]:
     """What a logged classifier is, as its own params (and a registered version's tags)."""
-    keys = ("method", "variant", "generator_loss", "architecture", "precision", "dataset", "labels", "seed")
+    keys = ("method", "variant", "generator_loss", "augment", "architecture", "precision", "dataset", "labels", "seed")
     return {"arm": config.arm, "protocol": config.protocol, **{key: getattr(config, key) for key in keys}}
 
 

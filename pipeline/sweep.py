@@ -25,7 +25,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import RunStatus
 
-from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config
+from pipeline.config import AUGMENTED_METHODS, ConfigError, RunConfig, fingerprint, resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
@@ -73,25 +73,29 @@ def plan_trials(
     seeds: list[int],
     variants: list[str] = ("stacked",),
     generator_losses: list[str] = ("non_saturating",),
+    augments: list[str] = ("none",),
     **settings,
 ) -> list[Trial]:
     """Validate the whole grid, data included, before anything trains. `settings` are the other
     `resolve_config` settings, shared by every trial. An SGAN trial is made for every variant x
-    generator loss (each its own arm). Trials are ordered label count by label count in the order
-    given, then seed by seed, so that the arms of one (labels, seed) run back to back: partial sweeps
-    stay paired."""
+    generator loss x augmentation, a `cnn` trial for every augmentation (each its own arm). Trials are
+    ordered label count by label count in the order given, then seed by seed, so that the arms of one
+    (labels, seed) run back to back: partial sweeps stay paired."""
     recipes = [
-        (method, variant, loss)
+        (method, variant, loss, augment)
         for method in methods
         for variant, loss in (
             itertools.product(variants, generator_losses) if method == "sgan" else [(variants[0], generator_losses[0])]
         )
+        for augment in (augments if method in AUGMENTED_METHODS else ["none"])
     ]
     configs = [
-        resolve_config(method, labels=count, seed=seed, variant=variant, generator_loss=loss, **settings)
+        resolve_config(
+            method, labels=count, seed=seed, variant=variant, generator_loss=loss, augment=augment, **settings
+        )
         for count in labels
         for seed in seeds
-        for method, variant, loss in recipes
+        for method, variant, loss, augment in recipes
     ]
     data = load_dataset(configs[0].dataset)
     for count in labels:  # rejects counts a class cannot supply outside the validation split
@@ -113,6 +117,7 @@ SGAN_SETTINGS = ("variant", "generator_loss")
 
 def trial_command(config: RunConfig, parent_run_id: str) -> list[str]:
     names = TRIAL_SETTINGS + (SGAN_SETTINGS if config.method == "sgan" else ())
+    names += ("augment",) if config.method in AUGMENTED_METHODS else ()
     command = [sys.executable, "-m", "pipeline", config.method, "--parent-run-id", parent_run_id]
     for name in names:
         command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]

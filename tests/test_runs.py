@@ -166,6 +166,8 @@ def _free_port():
             ["sgan", "--generator-loss", "wasserstein"],
             "generator_loss='wasserstein' is not one of non_saturating, feature_matching",
         ),
+        (["sgan", "--augment", "flip"], "augment='flip' is not one of none, shift"),
+        (["cnn_tuned", "--augment", "shift"], "augment='shift': cnn_tuned does not take an augmentation"),
         (["cnn", "--labels", "5", "--profile", "smoke"], "labels=5 is below the number of classes"),
         (["cnn", "--epochs", "0", "--profile", "smoke"], "epochs=0 must be a positive integer"),
         (["sgan", "--epochs", "-2", "--profile", "smoke"], "epochs=-2 must be a positive integer"),

@@ -7,7 +7,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline.sweep import plan_trials
+from pipeline.sweep import plan_trials, trial_command
 
 from .conftest import assert_nothing_lost, cli, refused, tracking_store
 
@@ -130,6 +130,17 @@ def test_the_grid_has_one_sgan_arm_per_variant_and_generator_loss_and_one_per_ba
     assert [t.config.seed for t in trials] == [0] * 5 + [1] * 5  # the arms of one seed run back to back
     assert sorted(t.config.arm for t in trials if t.config.seed == 0) == arms
     assert len({t.fingerprint for t in trials}) == 10
+
+
+def test_augmentation_makes_its_own_arms_of_the_fixed_recipes_and_reaches_their_trial_commands():
+    trials = plan_trials(["sgan", "cnn", "cnn_tuned"], [20], [0], augments=["none", "shift"], dataset="digits")
+    by_arm = {t.config.arm: t.config for t in trials}
+    assert sorted(by_arm) == ["cnn", "cnn shift", "cnn_tuned", "sgan stacked", "sgan stacked shift"]
+    assert by_arm["sgan stacked shift"].run_name == "sgan-stacked-shift-digits-L20-s0"
+    assert by_arm["cnn_tuned"].augment == "none"  # its search chooses; not part of its arm
+    shifted = trial_command(by_arm["sgan stacked shift"], "parent")
+    assert shifted[shifted.index("--augment") + 1] == "shift"
+    assert "--augment" not in trial_command(by_arm["cnn_tuned"], "parent")
 
 
 def test_a_sweep_over_generator_losses_makes_one_arm_each_and_a_tuned_baseline(store, tmp_path):

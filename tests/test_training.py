@@ -180,6 +180,16 @@ def test_shift_augmentation_moves_each_image_by_at_most_two_pixels():
     assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == 25  # every offset occurs
 
 
+def test_the_sgan_supervised_update_trains_on_shifted_images_when_asked(digits):
+    """Same seed, same first labeled batch: only the augmentation can change the first supervised loss."""
+    first = {}
+    for name, augment in (("plain", "none"), ("again", "none"), ("shifted", "shift")):
+        trainer, _ = _trainer(digits, "sgan", augment=augment)
+        first[name] = trainer.train_steps(1)["loss_supervised"]
+    assert first["again"] == pytest.approx(first["plain"], rel=1e-6)
+    assert first["shifted"] != pytest.approx(first["plain"], rel=1e-3)
+
+
 def test_best_validation_selection_keeps_the_best_epoch_weights(digits):
     trainer, _ = _trainer(digits, "cnn_tuned", labels=50)
     val = (digits.x_train[digits.validation], digits.y_train[digits.validation])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from pipeline.config import METHODS, ConfigError, arm_name
+from pipeline.config import AUGMENTED_METHODS, METHODS, ConfigError, arm_name
 from pipeline.schema import TRIALS_FILE
 
 # A comparison unit: runs pair only within the same data, protocol and networks, and only on the same
@@ -51,19 +51,22 @@ def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
     generator_loss = _param(runs, "generator_loss", "non_saturating").where(method == "sgan", "none")
     precision = _param(runs, "precision", "float32")
     architecture = _param(runs, "architecture", "mlm")
+    augment = _param(runs, "augment", "none").where(method.isin(AUGMENTED_METHODS), "none")  # cnn_tuned: its search's
     epochs, steps = runs["params.num_epochs"].astype(int), runs["params.steps_per_epoch"].astype(int)
     budget = runs["params.profile"] + " " + epochs.astype(str) + "x" + steps.astype(str)
     table = pd.DataFrame(
         {
             "run_id": runs["run_id"],
             "arm": [
-                arm_name(*row) for row in zip(method, variant, generator_loss, precision, architecture, strict=True)
+                arm_name(*row)
+                for row in zip(method, variant, generator_loss, precision, architecture, augment, strict=True)
             ],
             "method": method,
             "variant": variant,
             "generator_loss": generator_loss,
             "precision": precision,
             "architecture": architecture,
+            "augment": augment,
             "dataset": runs["params.dataset"],
             "protocol": _param(runs, "protocol", "").mask(lambda p: p == "", budget),  # as RunConfig.protocol
             "labels": runs["params.labels"].astype(int),
