@@ -22,6 +22,7 @@ from pipeline.config import (
     ConfigError,
     check_choice,
     default_experiment,
+    parse_list,
     resolve_config,
 )
 from pipeline.data import DataError
@@ -147,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
     sub = commands.add_parser("report", help="aggregate finished runs into tables and plots")
     sub.add_argument("--experiment", default=default_experiment("mnist", "quick"), help="default mnist-quick")
-    sub.add_argument("--sweep-run-id", default="", help="only this sweep's runs (its children and reused runs)")
+    sub.add_argument(
+        "--sweep-run-id", default="", help="only these sweeps' runs (comma-separated; children and reused runs)"
+    )
+    sub.add_argument("--labels", default="", help="only these label counts (comma-separated; default all)")
     sub.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
     sub.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or MLflow's default")
     sub.add_argument("--commentary", default="", help="text file of findings to include (paragraphs)")
@@ -202,7 +206,7 @@ def run_single(args: argparse.Namespace) -> int:
 
 def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
     """Returns (exit code, experiment, parent run id)."""
-    from pipeline.sweep import parse_list, plan_trials, run_sweep
+    from pipeline.sweep import plan_trials, run_sweep
 
     check_choice("executor", args.executor, EXECUTORS)
     if args.executor == "ray":
@@ -284,14 +288,16 @@ def run_report_command(
     log_to_run: str | None = None,
     commentary: str = "",
     metric: str = "final",
+    labels: str = "",
 ) -> int:
     from pipeline.report import make_report
     from pipeline.store import check_tracking_uri
 
+    counts = parse_list("labels", labels, int) if labels.strip() else None
     check_tracking_uri()
     folder = Path(out or Path("reports") / experiment)
     findings = Path(commentary) if commentary else None
-    report = make_report(experiment, folder, sweep_run_id or None, log_to_run, findings, metric)
+    report = make_report(experiment, folder, sweep_run_id or None, log_to_run, findings, metric, counts)
     print(f"Report of {len(report.runs)} runs written to {folder / 'report.md'} (and report.html)")
     for note in report.notes:
         print(f"note: {note}")
@@ -316,7 +322,12 @@ def dispatch(args: argparse.Namespace) -> int:
 
             mlflow.set_tracking_uri(args.tracking_uri)
         return run_report_command(
-            args.experiment, args.out, args.sweep_run_id, commentary=args.commentary, metric=args.metric
+            args.experiment,
+            args.out,
+            args.sweep_run_id,
+            commentary=args.commentary,
+            metric=args.metric,
+            labels=args.labels,
         )
     code, experiment, parent = run_sweep_command(args)
     if args.command == "main":

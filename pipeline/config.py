@@ -229,6 +229,20 @@ def validate_labels(labels: int, num_classes: int = NUM_CLASSES) -> None:
         )
 
 
+def parse_list(name: str, text: str, cast=str) -> list:
+    """'25,50, 100' -> [25, 50, 100], with an error that names the parameter."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"{name} must list at least one value, got {text!r}")
+    try:
+        values = [cast(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} must be a comma-separated list of {cast.__name__} values") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name}={text!r} lists a value twice")
+    return values
+
+
 def resolve_config(
     method: str,
     dataset: str = "mnist",

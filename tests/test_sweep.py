@@ -82,6 +82,14 @@ def test_running_the_same_sweep_again_reuses_every_finished_trial(swept):
     assert report.returncode == 0, report.stderr[-3000:]
     summary = pd.read_csv(folder / "r" / "summary.csv")
     assert summary.n.sum() == 4
+    # several sweeps at once, one label count: each run once, whichever sweep listed it
+    both = ",".join(_parents().run_id)
+    report = cli(
+        "report", "--experiment", "digits-smoke", "--sweep-run-id", both, "--labels", "10", "--out", str(folder / "r10")
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    summary = pd.read_csv(folder / "r10" / "summary.csv")
+    assert summary.n.sum() == 2 and set(summary.labels) == {10}
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(store, tmp_path):

@@ -42,10 +42,12 @@ class Report:
     commentary: list[str] = field(default_factory=list)  # the analyst's findings, one paragraph each
 
 
-def build_report(experiment: str, sweep_run_id: str | None = None, metric: str = "final") -> Report:
+def build_report(
+    experiment: str, sweep_run_id: str | None = None, metric: str = "final", labels: list[int] | None = None
+) -> Report:
     if metric not in METRICS:
         raise ReportError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
-    runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id))
+    runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id, labels))
     summary, paired = summarize(runs, metric), paired_differences(runs, metric)
     notes = coverage_notes(runs, superseded, paired, metric)
     ranking, contrasts = rank_arms(summary), sgan_contrasts(runs, metric)
@@ -103,11 +105,12 @@ def make_report(
     log_to_run: str | None = None,
     commentary: Path | None = None,
     metric: str = "final",
+    labels: list[int] | None = None,
 ) -> Report:
     """Build, write and log the report: into `log_to_run` if given (a sweep's parent), else a new
     `report` run in the same experiment, so it is browsable in the MLflow UI."""
     findings = read_commentary(commentary)  # a wrong path fails before any work
-    report = build_report(experiment, sweep_run_id, metric)
+    report = build_report(experiment, sweep_run_id, metric, labels)
     report.commentary = findings
     write_report(report, out_dir)
     if log_to_run:
@@ -117,6 +120,13 @@ def make_report(
         launched = os.environ.get("MLFLOW_RUN_ID")
         experiment_id = None if launched else mlflow.get_experiment_by_name(experiment).experiment_id
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"report-{experiment}", tags={REPORT_TAG: "true"}):
-            mlflow.log_params({"sweep_run_id": sweep_run_id or "", "n_runs": len(report.runs), "metric": metric})
+            mlflow.log_params(
+                {
+                    "sweep_run_id": sweep_run_id or "",
+                    "labels": ",".join(map(str, labels or [])),
+                    "n_runs": len(report.runs),
+                    "metric": metric,
+                }
+            )
             mlflow.log_artifacts(str(out_dir), "report")
     return report

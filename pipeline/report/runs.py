@@ -30,8 +30,9 @@ def _param(runs: pd.DataFrame, name: str, default: str) -> pd.Series:
     return column.fillna(default)
 
 
-def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
-    """Every finished training run of the experiment (of one sweep, if given), newest first."""
+def load_runs(experiment: str, sweep_run_id: str | None = None, labels: list[int] | None = None) -> pd.DataFrame:
+    """Every finished training run of the experiment, newest first; if given, only those of the sweeps
+    in `sweep_run_id` (comma-separated parent run ids) and only those with these label counts."""
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         raise ReportError(f"experiment {experiment!r} does not exist at tracking URI {mlflow.get_tracking_uri()}")
@@ -44,7 +45,10 @@ def load_runs(experiment: str, sweep_run_id: str | None = None) -> pd.DataFrame:
         return pd.DataFrame()
     runs = runs[runs["tags.method"].isin(METHODS)]  # not reports, sweeps, searches or their candidates
     if sweep_run_id:
-        runs = runs[runs["run_id"].isin(sweep_members(sweep_run_id))]
+        members = set().union(*(sweep_members(one.strip()) for one in sweep_run_id.split(",") if one.strip()))
+        runs = runs[runs["run_id"].isin(members)]
+    if labels:
+        runs = runs[runs["params.labels"].astype(int).isin(labels)]
     if runs.empty:
         return pd.DataFrame()
     method, variant = runs["tags.method"], runs["params.variant"]
