@@ -21,7 +21,7 @@ import mlflow
 
 from pipeline.config import ConfigError
 from pipeline.device import THREADS_ENV
-from pipeline.sweep import RUNNING, Outcome, Progress, Trial, run_trial, settle
+from pipeline.sweep import RUNNING, Outcome, Progress, SearchGate, Trial, run_trial, settle
 
 # What a trial needs from the sweep's environment, wherever Ray runs it.
 FORWARDED_ENV = (
@@ -132,10 +132,16 @@ class RayExecutor:
         queue = Queue()
         task = ray.remote(trial_task).options(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0)
         threads = max(1, int(self.cpus_per_trial))
-        refs = {}
-        for trial in pending:
-            ref = task.remote(trial, experiment_id, parent_run_id, resumes.get(trial), queue, threads)
-            refs[ref] = (trial, time.perf_counter())
+        refs, held, gate = {}, list(pending), SearchGate()
+
+        def submit_admitted() -> None:  # Ray queues what it cannot place yet; the gate holds shared searches
+            while trial := gate.next_admitted(held):
+                held.remove(trial)
+                gate.started(trial)
+                ref = task.remote(trial, experiment_id, parent_run_id, resumes.get(trial), queue, threads)
+                refs[ref] = (trial, time.perf_counter())
+
+        submit_admitted()
         by_name = {trial.config.run_name: trial for trial in pending}
         waiting = list(pending)
         try:
@@ -155,6 +161,8 @@ class RayExecutor:
                         )
                     outcomes.append(outcome)
                     progress.report(outcome, waiting)
+                    gate.finished(trial, outcome.status)
+                submit_admitted()
         except BaseException:  # Ctrl-C or SIGTERM: cancel every task; running ones stop their trials
             for ref in refs:
                 ray.cancel(ref)

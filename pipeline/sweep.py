@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -361,6 +361,44 @@ class SweepResult:
         return [o for o in self.outcomes if o.status != "FINISHED"]
 
 
+def search_group(config: RunConfig) -> tuple | None:
+    """cnn_tuned trials that share one recipe search: the same data, protocol, label count, precision,
+    moving average and architecture (what `pipeline.tuning.search_key` depends on, without importing it)."""
+    if config.method != "cnn_tuned":
+        return None
+    return (config.dataset, config.protocol, config.labels, config.precision, config.ema_decay, config.architecture)
+
+
+class SearchGate:
+    """Trials that share a recipe search must not search side by side: the first to start searches and
+    the others reuse its recipe. So while a group's first trial runs, the gate holds its other trials back
+    (other trials take the free slots); once it has finished, they all may start. If it failed, the next
+    one to start searches."""
+
+    def __init__(self):
+        self.searching: set[tuple] = set()
+        self.searched: set[tuple] = set()
+
+    def admits(self, trial: Trial) -> bool:
+        group = search_group(trial.config)
+        return group is None or group in self.searched or group not in self.searching
+
+    def started(self, trial: Trial) -> None:
+        group = search_group(trial.config)
+        if group is not None and group not in self.searched:
+            self.searching.add(group)
+
+    def finished(self, trial: Trial, status: str) -> None:
+        group = search_group(trial.config)
+        if group is not None:
+            self.searching.discard(group)
+            if status == "FINISHED":
+                self.searched.add(group)
+
+    def next_admitted(self, queue: list[Trial]) -> Trial | None:
+        return next((trial for trial in queue if self.admits(trial)), None)
+
+
 class LocalExecutor:
     """The embedded default: each trial a child process of this one, `max_parallel` at a time."""
 
@@ -446,20 +484,25 @@ def _log_trials(outcomes: list[Outcome]) -> None:
 def _run_pending(pending, resumes, experiment_id, parent_run_id, log_dir, max_parallel, progress, outcomes) -> None:
     pool = ThreadPoolExecutor(max_workers=max_parallel)
     try:
-        waiting = list(pending)
+        waiting, queue, running, gate = list(pending), list(pending), {}, SearchGate()
 
         def watcher(trial: Trial) -> Callable[[int, int, float, str], None]:
             return lambda *seen: progress.epoch(trial, *seen, list(waiting))
 
-        futures = {
-            pool.submit(run_trial, t, experiment_id, parent_run_id, log_dir, resumes.get(t), watcher(t)): t
-            for t in pending
-        }
-        for future in as_completed(futures):
-            waiting.remove(futures[future])
-            outcome = future.result()
-            outcomes.append(outcome)
-            progress.report(outcome, waiting)
+        while queue or running:
+            while len(running) < max_parallel and (trial := gate.next_admitted(queue)):
+                queue.remove(trial)
+                gate.started(trial)
+                args = (trial, experiment_id, parent_run_id, log_dir, resumes.get(trial), watcher(trial))
+                running[pool.submit(run_trial, *args)] = trial
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                trial = running.pop(future)
+                waiting.remove(trial)
+                outcome = future.result()
+                gate.finished(trial, outcome.status)
+                outcomes.append(outcome)
+                progress.report(outcome, waiting)
     except BaseException:  # Ctrl-C or SIGTERM: start no queued trial, stop the running ones
         RUNNING.stop()
         raise

@@ -7,7 +7,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipeline.sweep import plan_trials, trial_command
+from pipeline.sweep import SearchGate, plan_trials, trial_command
 
 from .conftest import assert_nothing_lost, cli, refused, tracking_store
 
@@ -169,3 +169,30 @@ def test_a_sweep_over_generator_losses_makes_one_arm_each_and_a_tuned_baseline(s
     paired = pd.read_csv(tmp_path / "r" / "paired.csv")
     assert len(paired) == 2 and set(paired.baseline_arm) == {"cnn_tuned"} and set(paired.n_pairs) == {1}
     assert not (tmp_path / "r" / "sgan_contrasts.csv").exists()  # no stacked float32 SGAN to contrast with
+
+
+def test_the_search_gate_lets_one_trial_search_while_the_others_of_its_group_wait():
+    trials = plan_trials(["cnn_tuned", "cnn"], [20, 30], [0, 1], dataset="digits", profile="smoke")
+    tuned20 = [t for t in trials if t.config.method == "cnn_tuned" and t.config.labels == 20]
+    gate = SearchGate()
+    gate.started(tuned20[0])
+    assert not gate.admits(tuned20[1])  # the same search: wait for it
+    assert all(gate.admits(t) for t in trials if t not in tuned20)  # other label counts and methods go on
+    assert gate.next_admitted(tuned20[1:] + [trials[-1]]) == trials[-1]
+    gate.finished(tuned20[0], "FAILED")  # no recipe yet: the next one to start searches, alone again
+    assert gate.admits(tuned20[1])
+    gate.started(tuned20[1])
+    assert not gate.admits(tuned20[0])
+    gate.finished(tuned20[1], "FINISHED")  # the recipe exists: every trial of the group may start
+    assert gate.admits(tuned20[0]) and gate.admits(tuned20[1])
+
+
+def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search(store, tmp_path):
+    args = [*SWEEP, "--methods", "cnn_tuned", "--labels", "20", "--seeds", "0,1", "--max-parallel", "2"]
+    result = cli(*args, "--epochs", "1", "--experiment", "one-search", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _trial_runs("one-search")
+    assert len(runs) == 2 and set(runs.status) == {"FINISHED"}
+    search = mlflow.search_runs(experiment_names=["one-search"], filter_string="tags.recipe_search = 'true'")
+    assert len(search) == 1  # not one per trial
+    assert set(runs["tags.recipe_search_run_id"]) == {search.run_id.iloc[0]}
