@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the long sweeps behind the committed reports, one after another, into one MLflow store.
 #
-#   reports/reproduce.sh [STORE_DIR] [SWEEP...]     SWEEP: main variants precision gans_in_action paper
+#   reports/reproduce.sh [STORE_DIR] [SWEEP...]     SWEEP: main variants augment precision gans_in_action paper
 #
 # STORE_DIR (default ~/sgan-store) holds mlflow.db, the artifacts and one log per sweep; keep it outside the
 # clone so that it outlives it. Stopped (Ctrl-C, SIGTERM, the machine going away) and started again with the
@@ -12,7 +12,7 @@ set -euo pipefail
 store="$(realpath -m "${1:-$HOME/sgan-store}")"
 shift || true
 sweeps=("$@")
-[[ ${#sweeps[@]} -gt 0 ]] || sweeps=(main variants precision gans_in_action paper)
+[[ ${#sweeps[@]} -gt 0 ]] || sweeps=(main variants augment precision gans_in_action paper)
 mkdir -p "$store"
 export MLFLOW_TRACKING_URI="sqlite:///$store/mlflow.db" PYTHONUNBUFFERED=1
 cd "$store"  # experiments created here keep their artifacts in $store/mlruns
@@ -30,6 +30,9 @@ for name in "${sweeps[@]}"; do
         --variant two_head,k_plus_one >> variants-sweep.log 2>&1
       sweep --experiment mnist-quick --profile quick --methods sgan --labels 100 --seeds 0,1,2,3,4 \
         --variant stacked --generator-loss feature_matching >> variants-sweep.log 2>&1 ;;
+    augment)  # the SGAN and the plain CNN with the shift augmentation cnn_tuned chose, paired with main by seed
+      sweep --experiment mnist-quick --profile quick --methods sgan,cnn --augment shift --labels 100,25 \
+        --seeds 0,1,2,3,4 >> augment-sweep.log 2>&1 ;;
     precision)  # issue 13: bfloat16 against the float32 runs of main, paired by seed
       sweep --experiment mnist-quick --profile quick --methods sgan --labels 100,25 --seeds 0,1,2,3,4 \
         --precision bfloat16 >> precision-sweep.log 2>&1 ;;
@@ -39,6 +42,6 @@ for name in "${sweeps[@]}"; do
     paper)  # issue 10: the reference protocol, 12,000 steps per SGAN run
       sweep --experiment mnist-paper --profile paper --methods sgan,cnn,cnn_tuned --labels 100 --seeds 0,1,2 \
         >> paper-sweep.log 2>&1 ;;
-    *) echo "unknown sweep '$name': one of main variants precision gans_in_action paper" >&2; exit 2 ;;
+    *) echo "unknown sweep '$name': one of main variants augment precision gans_in_action paper" >&2; exit 2 ;;
   esac
 done
