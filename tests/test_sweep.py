@@ -151,23 +151,20 @@ def test_augmentation_makes_its_own_arms_of_the_fixed_recipes_and_reaches_their_
     assert "--augment" not in trial_command(by_arm["cnn_tuned"], "parent")
 
 
-def test_a_sweep_over_generator_losses_makes_one_arm_each_and_a_tuned_baseline(store, tmp_path):
-    args = [*SWEEP, "--methods", "sgan,cnn_tuned", "--labels", "20", "--seeds", "0", "--experiment", "arms"]
+def test_a_sweep_over_generator_losses_makes_one_arm_each_paired_with_the_baseline(store, tmp_path):
+    args = [*SWEEP, "--methods", "sgan,cnn", "--labels", "20", "--seeds", "0", "--experiment", "arms"]
     args += ["--variant", "k_plus_one", "--generator-loss", "non_saturating,feature_matching", "--max-parallel", "2"]
     result = cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _trial_runs("arms")
     assert set(runs.status) == {"FINISHED"}
-    assert sorted(runs["tags.arm"]) == ["cnn_tuned", "sgan k_plus_one", "sgan k_plus_one feature matching"]
+    assert sorted(runs["tags.arm"]) == ["cnn", "sgan k_plus_one", "sgan k_plus_one feature matching"]
     parent = _parents("arms").run_id.iloc[0]
     assert set(runs["tags.mlflow.parentRunId"]) == {parent}
-    # the tuned baseline's search is nested under the sweep too, with its candidates under it
-    search = mlflow.search_runs(experiment_names=["arms"], filter_string="tags.recipe_search = 'true'")
-    assert list(search["tags.mlflow.parentRunId"]) == [parent]
     report = cli("report", "--experiment", "arms", "--sweep-run-id", parent, "--out", str(tmp_path / "r"))
     assert report.returncode == 0, report.stderr[-3000:]
     paired = pd.read_csv(tmp_path / "r" / "paired.csv")
-    assert len(paired) == 2 and set(paired.baseline_arm) == {"cnn_tuned"} and set(paired.n_pairs) == {1}
+    assert len(paired) == 2 and set(paired.baseline_arm) == {"cnn"} and set(paired.n_pairs) == {1}
     assert not (tmp_path / "r" / "sgan_contrasts.csv").exists()  # no stacked float32 SGAN to contrast with
 
 
@@ -187,7 +184,7 @@ def test_the_search_gate_lets_one_trial_search_while_the_others_of_its_group_wai
     assert gate.admits(tuned20[0]) and gate.admits(tuned20[1])
 
 
-def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search(store, tmp_path):
+def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search_nested_in_the_sweep(store, tmp_path):
     args = [*SWEEP, "--methods", "cnn_tuned", "--labels", "20", "--seeds", "0,1", "--max-parallel", "2"]
     result = cli(*args, "--epochs", "1", "--experiment", "one-search", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -195,4 +192,11 @@ def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search(store,
     assert len(runs) == 2 and set(runs.status) == {"FINISHED"}
     search = mlflow.search_runs(experiment_names=["one-search"], filter_string="tags.recipe_search = 'true'")
     assert len(search) == 1  # not one per trial
-    assert set(runs["tags.recipe_search_run_id"]) == {search.run_id.iloc[0]}
+    (search_id,) = search.run_id
+    assert set(runs["tags.recipe_search_run_id"]) == {search_id}
+    # the search is nested under the sweep, beside the trials, and its candidates under it
+    assert list(search["tags.mlflow.parentRunId"]) == [_parents("one-search").run_id.iloc[0]]
+    candidates = mlflow.search_runs(
+        experiment_names=["one-search"], filter_string=f"tags.mlflow.parentRunId = '{search_id}'"
+    )
+    assert len(candidates) == 4 and set(candidates.status) == {"FINISHED"}
