@@ -25,6 +25,13 @@ os.environ["SGAN_OFFLINE"] = "1"  # nothing downloads during tests
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`--numprocesses=auto`: one worker more than the cores (at most `--maxprocesses`). About a quarter of
+    the suite's time is spent waiting (servers and Ray starting, child processes polled), so a spare
+    worker keeps the cores busy."""
+    return (os.cpu_count() or 1) + 1
+
+
 @contextmanager
 def tracking_store(folder: Path):
     """A fresh SQLite tracking store in `folder`, which is also the cwd so artifacts land there too."""
