@@ -74,7 +74,7 @@ def trial_task(
     name = trial.config.run_name
     with tempfile.TemporaryDirectory() as folder:
         try:
-            return run_trial(trial, experiment_id, parent_run_id, Path(folder), resume, lambda *e: queue.put((name, e)))
+            return run_trial(trial, experiment_id, parent_run_id, Path(folder), resume, lambda e: queue.put((name, e)))
         except BaseException:
             RUNNING.stop()
             raise
@@ -148,8 +148,8 @@ class RayExecutor:
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
                 while not queue.empty():
-                    name, seen = queue.get_nowait()
-                    progress.epoch(by_name[name], *seen, list(waiting))
+                    name, event = queue.get_nowait()
+                    progress.update(by_name[name], event, list(waiting))
                 for ref in done:
                     trial, started = refs.pop(ref)
                     waiting.remove(trial)

@@ -46,7 +46,7 @@ from pipeline.tracking import (
     log_run_inputs,
 )
 from pipeline.training import TRACKS, FitState, History, fit, make_trainer
-from pipeline.tuning import SEARCH_SEED, Candidate, search_key, search_recipe
+from pipeline.tuning import SEARCH_SEED, Candidate, recipes, search_key, search_recipe
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def tuned_recipe(
         if verbose:
             chosen = ", ".join(f"{k}={v}" for k, v in candidate.recipe.items())
             print(
-                f"search {done}: {chosen}: best validation accuracy {candidate.score:.4f} at epoch "
+                f"search {done}/{len(recipes())}: {chosen}: best validation accuracy {candidate.score:.4f} at epoch "
                 f"{candidate.best_epoch}",
                 flush=True,
             )

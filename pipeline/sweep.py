@@ -124,6 +124,10 @@ def _last_error(log: Path) -> str:
 
 WATCH_SECONDS = 10  # how often a running trial's log is read
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) done at ([\d.]+)s: (.*)$", re.MULTILINE)  # printed by fit
+SEARCH_LINE = re.compile(r"^search (\d+)/(\d+): (.*)$", re.MULTILINE)  # printed by cnn_tuned's recipe search
+# What a running trial reports: ("epoch", epoch, epochs, seconds into training, figures) or
+# ("search", candidates done, candidates, the last one's result).
+ProgressEvent = tuple[str | int | float, ...]
 
 
 class TrialProcesses:
@@ -194,20 +198,27 @@ def resumable(experiment_id: str, trial: Trial) -> str | None:
 
 
 class TrialLog:
-    """A trial's console output, read while it runs: the epoch lines `fit` prints become sweep progress,
-    and the log is copied to the parent run's `trial_logs/` at each new epoch and at the end, so it can
-    be read in the MLflow UI meanwhile and survives a crash of the sweep."""
+    """A trial's console output, read while it runs: the epoch lines `fit` prints (and a tuned baseline's
+    search lines) become sweep progress, and the log is copied to the parent run's `trial_logs/` at each
+    new one and at the end, so it can be read in the MLflow UI meanwhile and survives a crash of the sweep."""
 
-    def __init__(self, path: Path, parent_run_id: str, on_epoch: Callable[[int, int, float, str], None]):
-        self.path, self.parent_run_id, self.on_epoch = path, parent_run_id, on_epoch
-        self.seen = 0
+    def __init__(self, path: Path, parent_run_id: str, on_progress: Callable[[ProgressEvent], None]):
+        self.path, self.parent_run_id, self.on_progress = path, parent_run_id, on_progress
+        self.seen, self.searched = 0, 0
 
     def watch(self) -> None:
-        lines = EPOCH_LINE.findall(self.path.read_text(errors="replace"))
+        text = self.path.read_text(errors="replace")
+        searches = SEARCH_LINE.findall(text)
+        if len(searches) != self.searched:
+            self.searched = len(searches)
+            done, total, result = searches[-1]
+            self.on_progress(("search", int(done), int(total), result))
+            self.upload()
+        lines = EPOCH_LINE.findall(text)
         if lines and int(lines[-1][0]) != self.seen:
             epoch, total, seconds, figures = lines[-1]
             self.seen = int(epoch)
-            self.on_epoch(int(epoch), int(total), float(seconds), figures)
+            self.on_progress(("epoch", int(epoch), int(total), float(seconds), figures))
             self.upload()
 
     def upload(self) -> None:
@@ -223,12 +234,12 @@ def run_trial(
     parent_run_id: str,
     log_dir: Path,
     resume: str | None = None,
-    on_epoch: Callable[[int, int, float, str], None] = lambda *_: None,
+    on_progress: Callable[[ProgressEvent], None] = lambda _: None,
 ) -> Outcome:
     """Run one trial in a fresh process (continuing run `resume` if given); make sure whatever
     happened is recorded in MLflow."""
     config = trial.config
-    log = TrialLog(log_dir / f"{config.run_name}.log", parent_run_id, on_epoch)
+    log = TrialLog(log_dir / f"{config.run_name}.log", parent_run_id, on_progress)
     started = time.perf_counter()
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_RUN_ID"}  # not the parent's run
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
@@ -307,6 +318,16 @@ class Progress:
             missing = sorted({t.config.arm for t, g in zip(remaining, guesses, strict=True) if g is None})
             return f"ETA unknown until a {', '.join(missing)} trial is measured"
         return f"ETA {_clock(sum(guesses) / self.parallel)}"
+
+    def update(self, trial: Trial, event: ProgressEvent, remaining: list[Trial]) -> None:
+        kind, *values = event
+        if kind == "epoch":
+            self.epoch(trial, *values, remaining)
+        elif self.verbose:
+            done, total, result = values
+            with self.lock:
+                name, eta = trial.config.run_name, self.eta(remaining)
+                print(f"    {name}: recipe search {done}/{total}: {result} | sweep {eta}", flush=True)
 
     def epoch(self, trial: Trial, epoch: int, total: int, seconds: float, figures: str, remaining: list[Trial]):
         """A running trial finished an epoch `seconds` into its training."""
@@ -486,8 +507,8 @@ def _run_pending(pending, resumes, experiment_id, parent_run_id, log_dir, max_pa
     try:
         waiting, queue, running, gate = list(pending), list(pending), {}, SearchGate()
 
-        def watcher(trial: Trial) -> Callable[[int, int, float, str], None]:
-            return lambda *seen: progress.epoch(trial, *seen, list(waiting))
+        def watcher(trial: Trial) -> Callable[[ProgressEvent], None]:
+            return lambda event: progress.update(trial, event, list(waiting))
 
         while queue or running:
             while len(running) < max_parallel and (trial := gate.next_admitted(queue)):
