@@ -89,9 +89,9 @@ def blocks(report, figures: list[str]) -> list[tuple[str, object]]:
         ("h2", "Test accuracy per arm and label count"),
         (
             "p",
-            "An arm is a method's whole recipe (method, SGAN variant, generator loss, precision, architecture); runs "
-            "are grouped by data, protocol and architecture (the networks). Mean, sample standard deviation "
-            "(accuracy points), number of seeds, min, max.",
+            "An arm is a method's whole recipe (method, SGAN variant, generator loss, augmentation, precision, "
+            "architecture); runs are grouped by data, protocol and architecture (the networks). Mean, sample "
+            "standard deviation (accuracy points), number of seeds, min, max.",
         ),
         ("table", summary),
         ("h2", "Paired differences: each SGAN arm minus each baseline arm"),
