@@ -27,6 +27,7 @@ NUM_CLASSES = 10  # every supported dataset has ten classes
 TUNED_EPOCH_FACTOR = 3  # cnn_tuned may train this many times the protocol's epochs, stopping early
 # cnn_tuned's recipe search (see pipeline.tuning): RunConfig fields and the values tried; the grid is
 # their product in this order, and ties go to the earlier recipe.
+SEARCH_SEED = 0  # whose labeled subset cnn_tuned's search trains on
 TUNED_SEARCH_SPACE: dict[str, tuple] = {
     "learning_rate": (1e-3,),
     "beta_1": (0.9,),
@@ -325,6 +326,22 @@ LATER_DEFAULTS: dict[str, object] = {
     "source_epochs": 0,
 }
 FINGERPRINT_VERSION = 2
+
+
+def search_key(config: RunConfig, data_checksum: str) -> str:
+    """What a search depends on: equal keys, the same recipe."""
+    payload = {
+        "dataset_sha256": data_checksum,
+        "protocol": config.protocol,
+        "labels": config.labels,
+        "precision": config.precision,
+        "ema_decay": config.ema_decay,
+        "space": TUNED_SEARCH_SPACE,
+        "seed": SEARCH_SEED,
+    }
+    if config.architecture != "mlm":  # added later: searches of the first architecture keep their keys
+        payload["architecture"] = config.architecture
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fingerprint(config: RunConfig, data_checksum: str) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from pipeline import checkpoint
-from pipeline.config import TUNED_SEARCH_SPACE, ConfigError, RunConfig, fingerprint
+from pipeline.config import SEARCH_SEED, TUNED_SEARCH_SPACE, ConfigError, RunConfig, fingerprint, search_key
 from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.device import configure_device
 from pipeline.images import image_grid
@@ -46,7 +46,7 @@ from pipeline.tracking import (
     log_run_inputs,
 )
 from pipeline.training import TRACKS, FitState, History, fit, make_trainer
-from pipeline.tuning import SEARCH_SEED, Candidate, recipes, search_key, search_recipe
+from pipeline.tuning import Candidate, recipes, search_recipe
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import RunStatus
 
-from pipeline.config import AUGMENTED_METHODS, ConfigError, RunConfig, fingerprint, resolve_config
+from pipeline.config import AUGMENTED_METHODS, ConfigError, RunConfig, fingerprint, resolve_config, search_key
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
@@ -382,12 +382,10 @@ class SweepResult:
         return [o for o in self.outcomes if o.status != "FINISHED"]
 
 
-def search_group(config: RunConfig) -> tuple | None:
-    """cnn_tuned trials that share one recipe search: the same data, protocol, label count, precision,
-    moving average and architecture (what `pipeline.tuning.search_key` depends on, without importing it)."""
-    if config.method != "cnn_tuned":
-        return None
-    return (config.dataset, config.protocol, config.labels, config.precision, config.ema_decay, config.architecture)
+def search_group(config: RunConfig) -> str | None:
+    """cnn_tuned trials that share one recipe search: the same search key (the data is the sweep's, so its
+    checksum can be left out)."""
+    return search_key(config, config.dataset) if config.method == "cnn_tuned" else None
 
 
 class SearchGate:
@@ -397,8 +395,8 @@ class SearchGate:
     one to start searches."""
 
     def __init__(self):
-        self.searching: set[tuple] = set()
-        self.searched: set[tuple] = set()
+        self.searching: set[str] = set()
+        self.searched: set[str] = set()
 
     def admits(self, trial: Trial) -> bool:
         group = search_group(trial.config)

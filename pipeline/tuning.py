@@ -13,19 +13,15 @@ take the labeled subset, the unlabeled pool and the validation split, and nothin
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.config import NUM_CLASSES, TUNED_SEARCH_SPACE, RunConfig
+from pipeline.config import NUM_CLASSES, SEARCH_SEED, TUNED_SEARCH_SPACE, RunConfig
 from pipeline.models import build_models
 from pipeline.training import History, fit, make_trainer
-
-SEARCH_SEED = 0  # whose labeled subset the search trains on
 
 
 @dataclass(frozen=True)
@@ -39,22 +35,6 @@ class Candidate:
 def recipes() -> list[dict[str, object]]:
     keys = list(TUNED_SEARCH_SPACE)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*TUNED_SEARCH_SPACE.values())]
-
-
-def search_key(config: RunConfig, data_checksum: str) -> str:
-    """What a search depends on: equal keys, the same recipe."""
-    payload = {
-        "dataset_sha256": data_checksum,
-        "protocol": config.protocol,
-        "labels": config.labels,
-        "precision": config.precision,
-        "ema_decay": config.ema_decay,
-        "space": TUNED_SEARCH_SPACE,
-        "seed": SEARCH_SEED,
-    }
-    if config.architecture != "mlm":  # added later: searches of the first architecture keep their keys
-        payload["architecture"] = config.architecture
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def search_recipe(
