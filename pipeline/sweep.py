@@ -383,8 +383,8 @@ class SweepResult:
 
 
 def search_group(config: RunConfig) -> str | None:
-    """cnn_tuned trials that share one recipe search: the same search key (the data is the sweep's, so its
-    checksum can be left out)."""
+    """cnn_tuned trials that share one recipe search: the same search key (a sweep's trials share their
+    data, so its name stands in for its checksum)."""
     return search_key(config, config.dataset) if config.method == "cnn_tuned" else None
 
 
