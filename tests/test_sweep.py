@@ -12,6 +12,7 @@ from pipeline.sweep import SearchGate, plan_trials, trial_command
 from .conftest import assert_nothing_lost, cli, refused, tracking_store
 
 SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke"]
+FAILING = "cnn-digits-L10-s0"  # the trial the shared sweep makes fail
 
 
 def _trial_runs(experiment="digits-smoke") -> pd.DataFrame:
@@ -29,60 +30,71 @@ def _parents(experiment="digits-smoke") -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """One 2 labels x 2 methods smoke sweep, two trials at a time on one SQLite file, registering its best
-    classifiers, then the same command again (seeds in the grid: test_the_grid_has_one_sgan_arm_per_...)."""
+    classifiers, with one trial made to fail; then the same command again, which reruns only that trial
+    (seeds in the grid: test_the_grid_has_one_sgan_arm_per_...)."""
     folder = tmp_path_factory.mktemp("sweep-store")
     with tracking_store(folder):
         args = [*SWEEP, "--labels", "10,20", "--seeds", "0", "--max-parallel", "2", "--register-model", "best-digits"]
-        first = cli(*args, cwd=folder)
+        first = cli(*args, cwd=folder, env={"SGAN_FAIL_RUNS": FAILING})
         second = cli(*args, cwd=folder)
         yield folder, first, second
 
 
+def _runs_of(parent: str) -> pd.DataFrame:
+    runs = _trial_runs()
+    return runs[runs["tags.mlflow.parentRunId"] == parent]
+
+
 def test_sweep_makes_one_nested_child_run_per_trial_and_parallel_trials_lose_nothing(swept):
     _, first, _ = swept
-    assert first.returncode == 0, first.stderr[-3000:]
-    runs = _trial_runs()
-    first_parent = _parents().run_id.iloc[0]
-    assert len(runs) == 4 and set(runs.status) == {"FINISHED"}
-    assert set(runs["tags.mlflow.parentRunId"]) == {first_parent}
+    assert first.returncode == 1, first.stderr[-3000:]  # one trial failed; the sweep went on
+    first_parent = _parents().iloc[0]
+    runs = _runs_of(first_parent.run_id).set_index("tags.mlflow.runName")
+    assert len(runs) == 4 and first_parent.status == "FAILED"
     grid = set(zip(runs["tags.method"], runs["params.labels"], runs["params.seed"], strict=True))
     assert grid == {(m, labels, "0") for m in ("sgan", "cnn") for labels in ("10", "20")}
+    assert runs.loc[FAILING, "status"] == "FAILED" and "failure injected" in runs.loc[FAILING, "tags.error"]
     assert "[4/4]" in first.stdout and "ETA" in first.stdout and "elapsed" in first.stdout
+    assert "1 failed" in first.stdout and f"FAILED {FAILING}" in first.stdout
     # live progress: each running trial's epochs, with its own ETA and the sweep's
     assert re.search(r"    sgan-stacked-digits-L20-s0: epoch 2/2, test_accuracy \d\.\d{4} .*\| trial ETA", first.stdout)
-    logs = mlflow.artifacts.list_artifacts(run_id=first_parent, artifact_path="trial_logs")
-    assert len(logs) == 4
-    assert "4/4 trials finished (0 reused), 0 failed" in first.stdout
-    assert_nothing_lost(runs, epochs=2)
+    logs = mlflow.artifacts.list_artifacts(run_id=first_parent.run_id, artifact_path="trial_logs")
+    assert len(logs) == 4  # the failed trial's too
+    finished = runs[runs.status == "FINISHED"].reset_index()
+    assert len(finished) == 3
+    assert_nothing_lost(finished, epochs=2)
     share = str(max(1, (os.cpu_count() or 1) // 2))  # each trial an equal share of the cores, not all of them
     assert set(runs["params.intra_op_threads"]) == {share}
 
 
 def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(swept):
-    _, first, _ = swept
+    _, first, second = swept
     client = mlflow.MlflowClient()
-    runs = _trial_runs()
+    runs = _trial_runs()  # the alias follows the best finished run, the rerun trial's included
     for labels in (10, 20):
         version = client.get_model_version_by_alias("best-digits", f"best-L{labels}")
         candidates = runs[runs["params.labels"] == str(labels)]
         best = candidates.loc[candidates["metrics.final_val_accuracy"].idxmax()]
         assert version.tags["run_id"] == best.run_id and version.tags["labels"] == str(labels)
-    assert "Registered best-digits version" in first.stdout
+    assert "Registered best-digits version" in first.stdout and "Registered best-digits version" in second.stdout
 
 
-def test_running_the_same_sweep_again_reuses_every_finished_trial(swept):
+def test_running_the_same_sweep_again_reruns_only_the_failed_trial_and_reuses_the_rest(swept):
     folder, _, second = swept
     assert second.returncode == 0, second.stderr[-3000:]
-    assert len(_trial_runs()) == 4  # no new trial runs
-    assert second.stdout.count("reused, test accuracy") == 4
-    assert "4/4 trials finished (4 reused), 0 failed" in second.stdout
+    runs = _trial_runs()
+    assert len(runs) == 5  # one new run: the failed trial's
+    rerun = _runs_of(_parents().run_id.iloc[-1])
+    assert list(rerun["tags.mlflow.runName"]) == [FAILING] and list(rerun.status) == ["FINISHED"]
+    assert second.stdout.count("reused, test accuracy") == 3
+    assert "4/4 trials finished (3 reused), 0 failed" in second.stdout
     # the second sweep's report covers the reused runs
     parent = _parents().run_id.iloc[-1]
     report = cli("report", "--experiment", "digits-smoke", "--sweep-run-id", parent, "--out", str(folder / "r"))
     assert report.returncode == 0, report.stderr[-3000:]
     summary = pd.read_csv(folder / "r" / "summary.csv")
     assert summary.n.sum() == 4
-    # several sweeps at once, one label count: each run once, whichever sweep listed it
+    # several sweeps at once, one label count: each finished run once, whichever sweep listed it
     both = ",".join(_parents().run_id)
     report = cli(
         "report", "--experiment", "digits-smoke", "--sweep-run-id", both, "--labels", "10", "--out", str(folder / "r10")
@@ -90,24 +102,6 @@ def test_running_the_same_sweep_again_reuses_every_finished_trial(swept):
     assert report.returncode == 0, report.stderr[-3000:]
     summary = pd.read_csv(folder / "r10" / "summary.csv")
     assert summary.n.sum() == 2 and set(summary.labels) == {10}
-
-
-def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(store, tmp_path):
-    args = ["sweep", "--dataset", "digits", "--profile", "smoke", "--methods", "cnn", "--labels", "10"]
-    args += ["--seeds", "0,1", "--max-parallel", "2", "--experiment", "flaky"]
-    failed = cli(*args, env={"SGAN_FAIL_RUNS": "cnn-digits-L10-s1"}, cwd=tmp_path)
-    assert failed.returncode == 1
-    assert "1 failed" in failed.stdout and "FAILED cnn-digits-L10-s1" in failed.stdout
-    runs = _trial_runs("flaky").set_index("tags.mlflow.runName")
-    assert runs.loc["cnn-digits-L10-s0", "status"] == "FINISHED"
-    assert runs.loc["cnn-digits-L10-s1", "status"] == "FAILED"
-    assert "failure injected" in runs.loc["cnn-digits-L10-s1", "tags.error"]
-    assert _parents("flaky").status.iloc[0] == "FAILED"
-    # started again, only the failed trial runs
-    again = cli(*args, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "2/2 trials finished (1 reused)" in again.stdout
-    assert len(_trial_runs("flaky")) == 3
 
 
 @pytest.mark.parametrize(
