@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -17,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SGAN_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
@@ -32,18 +37,33 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return (os.cpu_count() or 1) + 1
 
 
+@functools.cache
+def _empty_store() -> Path:
+    """An empty SQLite tracking store made by MLflow once per test process: creating one runs MLflow's
+    schema migrations, about 6 s (mostly waiting on disk syncs), which every store-using test paid."""
+    folder = Path(tempfile.mkdtemp(prefix="empty-mlflow-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+def new_store(path: Path) -> str:
+    """A fresh SQLite tracking store at `path` (a copy of the empty one, with every table already made:
+    a test that polls the store while a child process creates them can clash with it, "table ... already
+    exists"); returns its URI."""
+    shutil.copyfile(_empty_store(), path)
+    return f"sqlite:///{path}"
+
+
 @contextmanager
 def tracking_store(folder: Path):
     """A fresh SQLite tracking store in `folder`, which is also the cwd so artifacts land there too."""
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mlflow.set_tracking_uri(uri)
-        # create the tables now: a test that polls the store while a child process creates them can clash
-        # with it ("table ... already exists")
-        mlflow.search_experiments()
         try:
             yield uri
         finally:
@@ -132,7 +152,7 @@ def mlflow_server(tmp_path):
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            new_store(tmp_path / "server.db"),
             "--artifacts-destination",
             str(tmp_path / "server-artifacts"),
             "--workers",
