@@ -190,6 +190,9 @@ def run_single(args: argparse.Namespace) -> int:
         labeled_subset=args.labeled_subset,
         augment=args.augment,
     )
+    from pipeline.store import check_tracking_uri
+
+    check_tracking_uri()  # an unreachable store fails in a second, before TensorFlow loads
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
     train_run(

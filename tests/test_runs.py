@@ -1,5 +1,6 @@
 """Whole tracked runs against real SQLite MLflow stores, on digits and a small MNIST slice."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -194,9 +195,17 @@ def test_unreadable_data_file_is_reported_with_its_path(store, tmp_path):
 
 def test_unreachable_tracking_uri_fails_fast(store):
     uri = f"http://127.0.0.1:{_free_port()}"
-    result = cli("cnn", "--dataset", "digits", "--profile", "smoke", env={"MLFLOW_TRACKING_URI": uri})
+    code = (
+        "import sys\nfrom pipeline.cli import main\n"
+        "code = main(['cnn', '--dataset', 'digits', '--profile', 'smoke'])\n"
+        "print('tensorflow loaded:', 'tensorflow' in sys.modules)\nsys.exit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri}
+    )
     assert result.returncode == 2
     assert f"tracking URI {uri} is unreachable" in result.stderr
+    assert "tensorflow loaded: False" in result.stdout  # refused before the heavy imports
 
 
 def test_cli_run_prints_progress_and_a_summary(store):
