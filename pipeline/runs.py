@@ -85,7 +85,8 @@ def train_run(
     else:
         experiment, experiment_id = run_destination(config.experiment, experiment_given)
     config = replace(config, experiment=experiment)
-    tags = {"method": config.method}
+    # the fingerprint from the start, so that a sweep finds the run of a trial that fails at once
+    tags = {"method": config.method, FINGERPRINT_TAG: config_fingerprint}
     if config.method == "cnn_tuned":
         recipe, tags["recipe_search_run_id"] = tuned_recipe(config, dataset, experiment_id, parent_run_id, verbose)
         config = replace(config, **recipe)

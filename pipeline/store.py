@@ -28,6 +28,19 @@ def check_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+def log_dataset_input(data: mlflow.data.Dataset, context: str, tags: dict[str, str] | None) -> None:
+    """`mlflow.log_input` to the active run, safe when parallel runs of one experiment log the same new
+    dataset at the same moment: MLflow's SQL store looks the dataset up, then inserts it, not atomically,
+    so the later insert breaks the unique (experiment, name, digest) constraint (seen with two sweep
+    trials starting together on one SQLite file). The dataset exists by then; logging again links it."""
+    try:
+        mlflow.log_input(data, context=context, tags=tags or None)
+    except mlflow.exceptions.MlflowException as err:
+        if "IntegrityError" not in str(err):
+            raise
+        mlflow.log_input(data, context=context, tags=tags or None)
+
+
 def newest_run(experiment_id: str, filter_string: str) -> mlflow.entities.Run | None:
     """The most recently started run of the experiment that matches `filter_string`, if any."""
     found = mlflow.search_runs(

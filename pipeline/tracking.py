@@ -19,7 +19,7 @@ from pipeline.data import Dataset, class_counts
 from pipeline.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
 from pipeline.models import SGANModels, portable_generator
 from pipeline.schema import CONFUSION_FIGURE, FINGERPRINT_TAG, IMAGE_KEY, PER_CLASS_TABLE
-from pipeline.store import log_new_params
+from pipeline.store import log_dataset_input, log_new_params
 from pipeline.training import History
 
 
@@ -146,7 +146,7 @@ def log_datasets(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> No
     logged = {d.dataset.name for d in mlflow.get_run(mlflow.active_run().info.run_id).inputs.dataset_inputs}
     for data, context, tags in dataset_inputs(config, dataset, indices):
         if data.name not in logged:
-            mlflow.log_input(data, context=context, tags=tags or None)
+            log_dataset_input(data, context, tags)
 
 
 def log_epoch_image(epoch: int, grid: np.ndarray) -> None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import mlflow
 import numpy as np
@@ -19,7 +20,7 @@ from pipeline.data import load_dataset
 from pipeline.registry import CHOSEN_BY, choose_best
 from pipeline.runs import train_run
 
-from .conftest import cli, tracking_store, wait_until_up
+from .conftest import cli, new_store, tracking_store, wait_until_up
 
 
 def _models(run) -> dict:
@@ -187,3 +188,31 @@ def test_a_run_through_a_real_mlflow_server_has_inputs_linked_metrics_and_a_regi
     assert version.source == f"models:/{classifier.model_id}"
     loaded = mlflow.pyfunc.load_model(f"models:/served/{version.version}")
     assert np.asarray(loaded.predict(load_dataset("digits").x_test[:2])).shape == (2, 10)
+
+
+RACE = """
+import sys, time
+import mlflow, numpy as np
+from pipeline.store import log_dataset_input
+uri, experiment_id, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+mlflow.set_tracking_uri(uri)
+data = mlflow.data.from_numpy(np.arange(10.0), name="shared")
+with mlflow.start_run(experiment_id=experiment_id):
+    time.sleep(max(0.0, start - time.time()))  # every process logs the new dataset at the same moment
+    log_dataset_input(data, "training", None)
+"""
+
+
+def test_parallel_runs_logging_the_same_new_dataset_all_keep_it(tmp_path):
+    """MLflow's SQL store finds-then-inserts a dataset, so of runs logging the same new dataset at once
+    one could fail (seen: a sweep trial failed on the unique constraint); each run must end up with it."""
+    uri = new_store(tmp_path / "mlflow.db")
+    experiment_id = mlflow.MlflowClient(uri).create_experiment("race")
+    start = time.time() + 8  # after every process has imported MLflow
+    command = [sys.executable, "-c", RACE, uri, experiment_id, str(start)]
+    processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, errors
+    runs = mlflow.MlflowClient(uri).search_runs([experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert all([d.dataset.name for d in r.inputs.dataset_inputs] == ["shared"] for r in runs)
