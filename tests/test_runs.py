@@ -200,9 +200,8 @@ def test_unreachable_tracking_uri_fails_fast(store):
         "code = main(['cnn', '--dataset', 'digits', '--profile', 'smoke'])\n"
         "print('tensorflow loaded:', 'tensorflow' in sys.modules)\nsys.exit(code)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri}
-    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2
     assert f"tracking URI {uri} is unreachable" in result.stderr
     assert "tensorflow loaded: False" in result.stdout  # refused before the heavy imports
