@@ -85,7 +85,8 @@ def train_run(
     else:
         experiment, experiment_id = run_destination(config.experiment, experiment_given)
     config = replace(config, experiment=experiment)
-    # the fingerprint from the start, so that a sweep finds the run of a trial that fails at once
+    # The fingerprint from the start, so that a sweep finds the run of a trial that fails at once. It is the
+    # run as asked for: a `cnn_tuned` run's recipe is filled in below by its search.
     tags = {"method": config.method, FINGERPRINT_TAG: config_fingerprint}
     if config.method == "cnn_tuned":
         recipe, tags["recipe_search_run_id"] = tuned_recipe(config, dataset, experiment_id, parent_run_id, verbose)
@@ -101,7 +102,7 @@ def train_run(
         experiment_id=experiment_id, tags=tags, log_system_metrics=system_metrics or None, **started_run
     ) as run:
         try:
-            log_run_inputs(config, dataset, indices, config_fingerprint)
+            log_run_inputs(config, dataset, indices)
             log_new_params(device)
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
                 raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")

@@ -18,7 +18,7 @@ from pipeline.config import RunConfig
 from pipeline.data import Dataset, class_counts
 from pipeline.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
 from pipeline.models import SGANModels, portable_generator
-from pipeline.schema import CONFUSION_FIGURE, FINGERPRINT_TAG, IMAGE_KEY, PER_CLASS_TABLE
+from pipeline.schema import CONFUSION_FIGURE, IMAGE_KEY, PER_CLASS_TABLE
 from pipeline.store import log_dataset_input, log_new_params
 from pipeline.training import History
 
@@ -61,10 +61,8 @@ def data_params(dataset: Dataset) -> dict[str, object]:
     }
 
 
-def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray, config_fingerprint: str) -> None:
-    """Every resolved setting, the data's identity, and which training images carry labels.
-    `config_fingerprint` is the identity of the run as asked for (a `cnn_tuned` run's recipe is
-    filled in later by its search, so its fingerprint is that of the request)."""
+def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> None:
+    """Every resolved setting, the data's identity, and which training images carry labels."""
     counts = class_counts(dataset.y_train[indices], dataset.num_classes)
     params = {
         **config.as_params(),
@@ -84,7 +82,6 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray, con
             "arm": config.arm,
             "architecture": config.architecture,
             "protocol": config.protocol,
-            FINGERPRINT_TAG: config_fingerprint,
         }
     )
     mlflow.log_dict(
