@@ -3,7 +3,9 @@
 Each task runs `sweep.run_trial` on the node Ray gives it: the same trial process, the same MLflow run
 nested under the sweep's parent run, the same resume by fingerprint and checkpoint and the same outcome
 record as the local executor. Epoch lines come back to the sweep's console through a Ray queue. A stop
-cancels the tasks; a cancelled task stops its trial process, which ends its run KILLED, before it ends.
+raises a flag every task watches: each stops its trial process, which ends its run KILLED, and returns;
+a task still running after the grace period is cancelled by force. (Not `ray.cancel` first: its
+KeyboardInterrupt can land inside the task's own clean-up and leave the trial's run open.)
 Ray is an optional extra, imported only here and only when asked for.
 """
 
@@ -64,17 +66,40 @@ def check_tracking_for_cluster(tracking_uri: str, remote_nodes: list[str]) -> No
         )
 
 
+class StopFlag:
+    """Raised once by the sweep when it is stopped; read by every running task (a Ray actor)."""
+
+    def __init__(self):
+        self.raised = False
+
+    def raise_(self) -> None:
+        self.raised = True
+
+    def is_raised(self) -> bool:
+        return self.raised
+
+
 def trial_task(
-    trial: Trial, experiment_id: str, parent_run_id: str, resume: str | None, queue, threads: int
+    trial: Trial, experiment_id: str, parent_run_id: str, resume: str | None, queue, stop, threads: int
 ) -> Outcome:
-    """One trial on a Ray worker. TensorFlow in the trial process uses the CPUs the task was given; a
-    cancellation (KeyboardInterrupt here) stops the trial process first, so its run ends KILLED."""
+    """One trial on a Ray worker. TensorFlow in the trial process uses the CPUs the task was given; when
+    the sweep raises `stop`, the trial process is stopped (its run ends KILLED) and the task returns."""
+    import ray
+
     os.environ[THREADS_ENV] = str(threads)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     name = trial.config.run_name
     with tempfile.TemporaryDirectory() as folder:
         try:
-            return run_trial(trial, experiment_id, parent_run_id, Path(folder), resume, lambda e: queue.put((name, e)))
+            return run_trial(
+                trial,
+                experiment_id,
+                parent_run_id,
+                Path(folder),
+                resume,
+                lambda e: queue.put((name, e)),
+                lambda: ray.get(stop.is_raised.remote()),
+            )
         except BaseException:
             RUNNING.stop()
             raise
@@ -129,7 +154,7 @@ class RayExecutor:
 
         if not pending:
             return
-        queue = Queue()
+        queue, stop = Queue(), ray.remote(num_cpus=0)(StopFlag).remote()
         task = ray.remote(trial_task).options(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0)
         threads = max(1, int(self.cpus_per_trial))
         refs, held, gate = {}, list(pending), SearchGate()
@@ -138,7 +163,7 @@ class RayExecutor:
             while trial := gate.next_admitted(held):
                 held.remove(trial)
                 gate.started(trial)
-                ref = task.remote(trial, experiment_id, parent_run_id, resumes.get(trial), queue, threads)
+                ref = task.remote(trial, experiment_id, parent_run_id, resumes.get(trial), queue, stop, threads)
                 refs[ref] = (trial, time.perf_counter())
 
         submit_admitted()
@@ -163,10 +188,11 @@ class RayExecutor:
                     progress.report(outcome, waiting)
                     gate.finished(trial, outcome.status)
                 submit_admitted()
-        except BaseException:  # Ctrl-C or SIGTERM: cancel every task; running ones stop their trials
-            for ref in refs:
-                ray.cancel(ref)
-            ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE_SECONDS)
+        except BaseException:  # Ctrl-C or SIGTERM: running tasks stop their trials, queued ones start none
+            ray.get(stop.raise_.remote())  # a task that starts from now on returns at once
+            _, late = ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE_SECONDS)
+            for ref in late:  # the worker and its trial process are killed; the sweep closes the run
+                ray.cancel(ref, force=True)
             raise
 
     def close(self) -> None:

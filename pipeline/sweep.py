@@ -123,6 +123,7 @@ def _last_error(log: Path) -> str:
 
 
 WATCH_SECONDS = 10  # how often a running trial's log is read
+POLL_SECONDS = 1.0  # how often a running trial is checked for its end and for a stop
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) done at ([\d.]+)s: (.*)$", re.MULTILINE)  # printed by fit
 SEARCH_LINE = re.compile(r"^search (\d+)/(\d+): (.*)$", re.MULTILINE)  # printed by cnn_tuned's recipe search
 # What a running trial reports: ("epoch", epoch, epochs, seconds into training, figures) or
@@ -139,23 +140,31 @@ class TrialProcesses:
         self.processes: set[subprocess.Popen] = set()
         self.stopping = False
 
-    def run(self, command: list[str], watch: Callable[[], None], **kwargs) -> subprocess.CompletedProcess:
-        """Run `command` to its end, calling `watch` every WATCH_SECONDS meanwhile and once after."""
+    def run(
+        self, command: list[str], watch: Callable[[], None], should_stop: Callable[[], bool] = lambda: False, **kwargs
+    ) -> subprocess.CompletedProcess:
+        """Run `command` to its end, calling `watch` every WATCH_SECONDS meanwhile and once after; if
+        `should_stop()` turns true (a Ray sweep being stopped), stop the trial and raise KeyboardInterrupt."""
         with self.lock:
-            if self.stopping:
+            if self.stopping or should_stop():
                 raise KeyboardInterrupt("the sweep is stopping")
             process = subprocess.Popen(command, **kwargs)
             self.processes.add(process)
         try:
+            watched = time.monotonic()
             while True:
                 try:
-                    code = process.wait(timeout=WATCH_SECONDS)
+                    code = process.wait(timeout=POLL_SECONDS)
                     break
                 except subprocess.TimeoutExpired:
-                    watch()
+                    if should_stop():
+                        raise KeyboardInterrupt("the sweep is stopping") from None
+                    if time.monotonic() - watched >= WATCH_SECONDS:
+                        watch()
+                        watched = time.monotonic()
             watch()
             return subprocess.CompletedProcess(command, code)
-        except BaseException:  # interrupted in this thread (a Ray task being cancelled): stop the trial too
+        except BaseException:  # a stop (or an interrupt in this thread): stop the trial too
             _terminate([process])
             raise
         finally:
@@ -235,6 +244,7 @@ def run_trial(
     log_dir: Path,
     resume: str | None = None,
     on_progress: Callable[[ProgressEvent], None] = lambda _: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     """Run one trial in a fresh process (continuing run `resume` if given); make sure whatever
     happened is recorded in MLflow."""
@@ -245,7 +255,7 @@ def run_trial(
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     command = trial_command(config, parent_run_id) + (["--resume", resume] if resume else [])
     with open(log.path, "w") as handle:
-        code = RUNNING.run(command, log.watch, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        code = RUNNING.run(command, log.watch, should_stop, stdout=handle, stderr=subprocess.STDOUT, env=env)
     log.upload()
     return settle(trial, experiment_id, parent_run_id, code.returncode, resume, started, lambda: _last_error(log.path))
 
@@ -482,6 +492,7 @@ def run_sweep(
             executor.run(pending, resumes, experiment_id, parent.info.run_id, progress, outcomes)
         except BaseException as err:
             _log_trials(outcomes)
+            close_unfinished_runs(experiment_id, parent.info.run_id)
             record_stop(err)
             raise
         _log_trials(outcomes)
@@ -493,6 +504,23 @@ def run_sweep(
     if verbose:
         print(sweep_summary(result))
     return result
+
+
+def close_unfinished_runs(experiment_id: str, parent_run_id: str) -> list[str]:
+    """After a stop, once the executor has stopped its trials: end KILLED every run under the sweep that
+    is still RUNNING (a trial process that died before it could close its run, and the searches and
+    candidates nested under it), so that a stop never leaves a run RUNNING. Returns their ids."""
+    client = mlflow.MlflowClient()
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=50000)
+    parents = {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in running}
+    closed, ours = [], {parent_run_id}
+    while found := [run_id for run_id, parent in parents.items() if parent in ours and run_id not in ours]:
+        for run_id in found:
+            client.set_tag(run_id, "error", "stopped with its sweep; its process ended without closing it")
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        closed += found
+        ours |= set(found)
+    return closed
 
 
 def _log_trials(outcomes: list[Outcome]) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import mlflow
+import pandas as pd
 
 from .conftest import ROOT
 
@@ -27,31 +28,30 @@ def test_an_experiment_parameter_that_mlflow_run_cannot_honour_is_refused(store)
     assert mlflow.get_experiment_by_name("elsewhere") is None
 
 
-def test_main_entry_point_sweeps_then_reports_into_the_sweep_run(store, tmp_path):
-    result = mlflow_run(
-        "-e",
-        "main",
-        "-P",
-        "dataset=digits",
-        "-P",
-        "profile=smoke",
-        "-P",
-        "labels=10",
-        "-P",
-        "seeds=0",
-        "-P",
-        f"out={tmp_path / 'report'}",
-        "--experiment-name",
-        "main-demo",
-    )
+def test_main_entry_point_sweeps_one_arm_per_generator_loss_then_reports_each_against_the_baseline(store, tmp_path):
+    parameters = {
+        "dataset": "digits",
+        "profile": "smoke",
+        "labels": "10",
+        "seeds": "0",
+        "variant": "k_plus_one",
+        "generator_loss": "non_saturating,feature_matching",
+        "max_parallel": "2",
+        "out": tmp_path / "report",
+    }
+    pairs = [word for key, value in parameters.items() for word in ("-P", f"{key}={value}")]
+    result = mlflow_run("-e", "main", *pairs, "--experiment-name", "arms")
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = mlflow.search_runs(experiment_names=["main-demo"])
+    runs = mlflow.search_runs(experiment_names=["arms"])
     parent = runs[runs["tags.sweep"] == "true"].iloc[0]
     children = runs[runs["tags.mlflow.parentRunId"] == parent.run_id]
-    assert sorted(children["tags.method"]) == ["cnn", "sgan"] and set(children.status) == {"FINISHED"}
+    assert set(children.status) == {"FINISHED"}
+    assert sorted(children["tags.arm"]) == ["cnn", "sgan k_plus_one", "sgan k_plus_one feature matching"]
     logged = {f.path for f in mlflow.artifacts.list_artifacts(run_id=parent.run_id, artifact_path="report")}
     assert {"report/report.md", "report/summary.csv", "report/accuracy_vs_labels.png"} <= logged
-    assert (tmp_path / "report" / "report.md").exists()
+    paired = pd.read_csv(tmp_path / "report" / "paired.csv")
+    assert len(paired) == 2 and set(paired.baseline_arm) == {"cnn"} and set(paired.n_pairs) == {1}
+    assert not (tmp_path / "report" / "sgan_contrasts.csv").exists()  # no stacked float32 SGAN to contrast with
 
 
 def test_every_entry_point_passes_each_parameter_to_a_cli_flag_with_the_same_default():

@@ -145,23 +145,6 @@ def test_augmentation_makes_its_own_arms_of_the_fixed_recipes_and_reaches_their_
     assert "--augment" not in trial_command(by_arm["cnn_tuned"], "parent")
 
 
-def test_a_sweep_over_generator_losses_makes_one_arm_each_paired_with_the_baseline(store, tmp_path):
-    args = [*SWEEP, "--methods", "sgan,cnn", "--labels", "20", "--seeds", "0", "--experiment", "arms"]
-    args += ["--variant", "k_plus_one", "--generator-loss", "non_saturating,feature_matching", "--max-parallel", "2"]
-    result = cli(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = _trial_runs("arms")
-    assert set(runs.status) == {"FINISHED"}
-    assert sorted(runs["tags.arm"]) == ["cnn", "sgan k_plus_one", "sgan k_plus_one feature matching"]
-    parent = _parents("arms").run_id.iloc[0]
-    assert set(runs["tags.mlflow.parentRunId"]) == {parent}
-    report = cli("report", "--experiment", "arms", "--sweep-run-id", parent, "--out", str(tmp_path / "r"))
-    assert report.returncode == 0, report.stderr[-3000:]
-    paired = pd.read_csv(tmp_path / "r" / "paired.csv")
-    assert len(paired) == 2 and set(paired.baseline_arm) == {"cnn"} and set(paired.n_pairs) == {1}
-    assert not (tmp_path / "r" / "sgan_contrasts.csv").exists()  # no stacked float32 SGAN to contrast with
-
-
 def test_the_search_gate_lets_one_trial_search_while_the_others_of_its_group_wait():
     trials = plan_trials(["cnn_tuned", "cnn"], [20, 30], [0, 1], dataset="digits", profile="smoke")
     tuned20 = [t for t in trials if t.config.method == "cnn_tuned" and t.config.labels == 20]

@@ -12,6 +12,8 @@ import mlflow
 import pandas as pd
 import pytest
 
+from pipeline.sweep import close_unfinished_runs
+
 from .conftest import cli
 from .test_sweep import SWEEP, _parents, _trial_runs
 
@@ -104,3 +106,25 @@ def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running
     statuses = set(mlflow.search_runs(experiment_names=["stop"]).status)
     assert statuses == {"KILLED"}  # the parent and the running trial; the second trial never started
     assert len(_trial_runs("stop")) == 1
+
+
+def test_a_stopped_sweep_closes_every_run_left_open_under_it_and_nothing_else(store):
+    """The safety net after a stop: a trial process that died before closing its run (killed by the grace
+    period's SIGKILL, or with its Ray worker) and what it nested are ended KILLED; runs elsewhere are not."""
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("left-open")
+    sweep, other_sweep = (client.create_run(experiment).info.run_id for _ in range(2))
+
+    def child(parent: str) -> str:
+        return client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+
+    open_trial, done_trial, other_trial = child(sweep), child(sweep), child(other_sweep)
+    search = child(sweep)  # a tuned baseline's recipe search beside the trials, with a candidate under it
+    candidate = child(search)
+    client.set_terminated(done_trial, "FINISHED")
+    assert sorted(close_unfinished_runs(experiment, sweep)) == sorted([open_trial, search, candidate])
+    status = {run_id: client.get_run(run_id).info.status for run_id in (open_trial, search, candidate)}
+    assert set(status.values()) == {"KILLED"}
+    assert "stopped with its sweep" in client.get_run(open_trial).data.tags["error"]
+    assert client.get_run(done_trial).info.status == "FINISHED"
+    assert client.get_run(other_trial).info.status == "RUNNING" and client.get_run(sweep).info.status == "RUNNING"
