@@ -47,6 +47,7 @@ class Architecture:
 
     why: str
     source_baseline: dict[str, object] | None = None
+    batchnorm: str = "none"  # how its BatchNorm keeps moving statistics ("none": it has no BatchNorm)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -58,6 +59,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "GANs in Action (Langr and Bok), chapter 7: convolutions of 32/64/128 filters with BatchNorm, LeakyReLU "
         "0.01, dropout 0.5; a BatchNorm generator from 7x7x256",
         {"epochs": 30, "batch_size": 32, "discriminator_batch": 32, "learning_rate": 1e-3, "beta_1": 0.9},
+        batchnorm="zero_debiased",  # as Keras 2 kept them, which the book used (`DebiasedBatchNormalization`)
     ),
 }
 
@@ -133,6 +135,7 @@ class RunConfig:
     architecture: str = "mlm"
     labeled_subset: str = "balanced"
     source_epochs: int = 0  # cnn_source: passes over the labeled images (0 for every other method)
+    batchnorm: str = "none"  # the architecture's BatchNorm moving statistics: "zero_debiased" or "none"
 
     @property
     def train_epochs(self) -> int:
@@ -315,6 +318,7 @@ def resolve_config(
         architecture=architecture,
         labeled_subset=labeled_subset,
         augment=augment if method in AUGMENTED_METHODS else "none",
+        batchnorm=ARCHITECTURES[architecture].batchnorm,
         **recipe,
     )
 
@@ -331,6 +335,7 @@ LATER_DEFAULTS: dict[str, object] = {
     "architecture": "mlm",
     "labeled_subset": "balanced",
     "source_epochs": 0,
+    "batchnorm": "none",  # added when GANs in Action's BatchNorm became zero-debiased: its earlier runs differ
 }
 FINGERPRINT_VERSION = 2
 
@@ -348,6 +353,8 @@ def search_key(config: RunConfig, data_checksum: str) -> str:
     }
     if config.architecture != "mlm":  # added later: searches of the first architecture keep their keys
         payload["architecture"] = config.architecture
+    if config.batchnorm != "none":
+        payload["batchnorm"] = config.batchnorm
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

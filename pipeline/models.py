@@ -6,8 +6,9 @@
 The discriminator returns `(class_logits, aux)`: K class logits, and for the variants that need it one
 extra logit (`two_head`: the real/fake logit; `k_plus_one`: the logit of the "generated" class). How
 the real/fake probability follows from these lives in `pipeline.objectives`, so the discriminator is made
-of stock Keras layers. The generator's last layer is `ImageConv2D`, a faster `Conv2D` with the same
-weights and function; `portable_generator` gives the stock-layer copy that is saved and logged.
+of stock Keras layers, and for `gans_in_action` BatchNorm layers whose moving statistics are
+zero-debiased as in Keras 2. The `mlm` generator's last layer is `ImageConv2D`, a faster `Conv2D` with the
+same weights and function; `portable_copy` gives the stock-layer copies that are saved and logged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from pipeline.data import IMAGE_SHAPE
 
@@ -31,20 +32,66 @@ class SGANModels:
     architecture: str = "mlm"
 
 
-def discriminator_body(inputs: keras.KerasTensor, architecture: str = "mlm") -> tuple[keras.KerasTensor, ...]:
+class DebiasedBatchNormalization(layers.BatchNormalization):
+    """`BatchNormalization` whose moving statistics are zero-debiased, as Keras 2's TensorFlow backend kept
+    them (`moving_average_update` called `assign_moving_average(..., zero_debias=True)`), and so as the
+    GANs in Action code ran. Keras 3 blends the batch statistics into the initial 0 and 1 instead: after
+    the 120 updates of the book's supervised baseline at 100 labels the initial values still weigh 30%
+    (0.99^120), and that baseline scored 45% in inference mode against the notebook's 69%. Here, after t
+    updates, the moving statistics are biased / (1 - momentum^t), where biased starts at 0 and follows the
+    stock update: the momentum-weighted mean of the t batch statistics alone. Training-mode outputs are the
+    stock layer's. Not registered with Keras (see `ImageConv2D`); `portable_copy` gives stock layers that
+    hold the same statistics."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        shape = self.moving_mean.shape
+        self.biased_mean = self.add_weight(
+            shape=shape, name="biased_mean", initializer="zeros", trainable=False, autocast=False
+        )
+        self.biased_variance = self.add_weight(
+            shape=shape, name="biased_variance", initializer="zeros", trainable=False, autocast=False
+        )
+        self.momentum_power = self.add_weight(
+            shape=(), name="momentum_power", initializer="ones", trainable=False, autocast=False
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None:  # masks: not used by these networks
+            return super().call(inputs, training=training, mask=mask)
+        outputs = super().call(inputs, training=True)  # normalized by the batch's statistics
+        axis = self.axis % len(inputs.shape)
+        mean, variance = ops.moments(ops.cast(inputs, "float32"), [i for i in range(len(inputs.shape)) if i != axis])
+        momentum = self.momentum
+        self.biased_mean.assign(self.biased_mean * momentum + mean * (1.0 - momentum))
+        self.biased_variance.assign(self.biased_variance * momentum + variance * (1.0 - momentum))
+        self.momentum_power.assign(self.momentum_power * momentum)
+        self.moving_mean.assign(self.biased_mean / (1.0 - self.momentum_power))
+        self.moving_variance.assign(self.biased_variance / (1.0 - self.momentum_power))
+        return outputs
+
+
+def _batch_normalization(name: str, portable: bool) -> layers.BatchNormalization:
+    return layers.BatchNormalization(name=name) if portable else DebiasedBatchNormalization(name=name)
+
+
+def discriminator_body(
+    inputs: keras.KerasTensor, architecture: str = "mlm", portable: bool = False
+) -> tuple[keras.KerasTensor, ...]:
     """Returns (features, dropped out): the flattened last hidden features (what feature matching
     compares), and the same after dropout (what the heads read).
 
     `mlm`: three stride-2 3x3 convolutions of 128 filters with LeakyReLU 0.2, dropout 0.4.
     `gans_in_action`: stride-2 3x3 convolutions of 32, 64 and 128 filters, BatchNorm after the second
     and third, LeakyReLU 0.01, dropout 0.5 (the book drops out before flattening; element-wise dropout
-    is the same function either side of a reshape)."""
+    is the same function either side of a reshape). Its BatchNorm is `DebiasedBatchNormalization`, or the
+    stock layer with `portable=True`."""
     x = inputs
     if architecture == "gans_in_action":
         for i, filters in enumerate((32, 64, 128)):
             x = layers.Conv2D(filters, 3, strides=2, padding="same", name=f"conv{i + 1}")(x)
             if i:
-                x = layers.BatchNormalization(name=f"batchnorm{i + 1}")(x)
+                x = _batch_normalization(f"batchnorm{i + 1}", portable)(x)
             x = layers.LeakyReLU(0.01, name=f"lrelu{i + 1}")(x)
         rate = 0.5
     else:
@@ -57,11 +104,11 @@ def discriminator_body(inputs: keras.KerasTensor, architecture: str = "mlm") -> 
 
 
 def build_discriminator(
-    variant: str, num_classes: int, architecture: str = "mlm"
+    variant: str, num_classes: int, architecture: str = "mlm", portable: bool = False
 ) -> tuple[keras.Model, keras.Model, keras.Model]:
     """Return (discriminator, classifier, features); `variant="none"` builds a baseline's classifier."""
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    features, dropped = discriminator_body(inputs, architecture)
+    features, dropped = discriminator_body(inputs, architecture, portable)
     class_logits = layers.Dense(num_classes, name="class_logits")(dropped)
     outputs = [class_logits]
     if variant in ("two_head", "k_plus_one"):
@@ -128,14 +175,15 @@ def build_generator(latent_dim: int, portable: bool = False, architecture: str =
     tanh convolution; `portable=True` uses the stock `Conv2D` for that last layer (for saving, and for
     the bench's reference), the default the faster `ImageConv2D`.
     `gans_in_action`: Dense 7x7x256 (no activation), 3x3 transposed convolutions of 128 (stride 2) and
-    64 (stride 1) each with BatchNorm and LeakyReLU 0.01, then one of 1 filter (stride 2) and tanh."""
+    64 (stride 1) each with BatchNorm (`DebiasedBatchNormalization`; stock with `portable=True`) and
+    LeakyReLU 0.01, then one of 1 filter (stride 2) and tanh."""
     z = keras.Input((latent_dim,), name="latent")
     if architecture == "gans_in_action":
         x = layers.Dense(7 * 7 * 256, name="project")(z)
         x = layers.Reshape((7, 7, 256))(x)
         for i, (filters, stride) in enumerate(((128, 2), (64, 1))):
             x = layers.Conv2DTranspose(filters, 3, strides=stride, padding="same", name=f"upsample{i + 1}")(x)
-            x = layers.BatchNormalization(name=f"batchnorm{i + 1}")(x)
+            x = _batch_normalization(f"batchnorm{i + 1}", portable)(x)
             x = layers.LeakyReLU(0.01)(x)
         x = layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="upsample3")(x)
         image = layers.Activation("tanh", name="image", dtype="float32")(x)
@@ -151,11 +199,19 @@ def build_generator(latent_dim: int, portable: bool = False, architecture: str =
     return keras.Model(z, image, name="generator")
 
 
-def portable_generator(generator: keras.Model, architecture: str = "mlm") -> keras.Model:
-    """A copy of `generator` made of stock Keras layers, so it loads anywhere without this package."""
-    latent_dim = generator.input_shape[-1]
-    copy = build_generator(latent_dim, portable=True, architecture=architecture)
-    copy.set_weights(generator.get_weights())
+def portable_copy(model: keras.Model, architecture: str = "mlm") -> keras.Model:
+    """A copy of a generator or classifier made of stock Keras layers, with the same weights and inference
+    function, so it loads anywhere without this package (what is saved and logged); `model` itself if it
+    is made of stock layers already."""
+    if not any(isinstance(layer, (ImageConv2D, DebiasedBatchNormalization)) for layer in model.layers):
+        return model
+    if model.name == "generator":
+        copy = build_generator(model.input_shape[-1], portable=True, architecture=architecture)
+    else:
+        copy = build_discriminator("none", model.output_shape[-1], architecture, portable=True)[1]
+    for source, target in zip(model.layers, copy.layers, strict=True):
+        # a DebiasedBatchNormalization's own statistics follow the stock layer's four weights
+        target.set_weights(source.get_weights()[: len(target.weights)])
     return copy
 
 

@@ -17,7 +17,7 @@ from mlflow.models import infer_signature
 from pipeline.config import RunConfig
 from pipeline.data import Dataset, class_counts
 from pipeline.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
-from pipeline.models import SGANModels, portable_generator
+from pipeline.models import SGANModels, portable_copy
 from pipeline.schema import CONFUSION_FIGURE, IMAGE_KEY, PER_CLASS_TABLE
 from pipeline.store import log_dataset_input, log_new_params
 from pipeline.training import History
@@ -171,13 +171,13 @@ def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray, param
 
     Logged through `mlflow.tensorflow`, which saves Keras 3 models in the native `.keras` format:
     `mlflow.keras.log_model` crashes when given an input example (MLflow issue #16183). The generator
-    is logged as its stock-layer copy, so it loads without this package installed.
+    and the GANs in Action classifiers are logged as stock-layer copies, so they load without this package.
     """
     example = images[:2].astype(np.float32)
     logged = [("classifier", models.classifier, example), ("classifier_ema", models.classifier_ema, example)]
     if models.generator is not None:
-        generator = portable_generator(models.generator, models.architecture)
-        logged.append(("generator", generator, latent[:2].astype(np.float32)))
+        logged.append(("generator", models.generator, latent[:2].astype(np.float32)))
+    logged = [(name, portable_copy(model, models.architecture), example) for name, model, example in logged]
     keras.config.disable_interactive_logging()  # MLflow's example checks would print progress bars
     ids = {}
     try:

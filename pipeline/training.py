@@ -11,7 +11,8 @@ networks in training mode (batch statistics; dropout on). The discriminator's up
 generated) move its moving statistics; the generated images it is trained on come from the generator
 in inference mode (its moving statistics, as the book's `generator.predict`); the generator's update
 moves the generator's moving statistics and leaves the discriminator's as they were (the book's
-discriminator is frozen there). Evaluation uses the moving statistics.
+discriminator is frozen there). Evaluation uses the moving statistics, zero-debiased as Keras 2 kept them
+(`pipeline.models.DebiasedBatchNormalization`).
 """
 
 from __future__ import annotations
@@ -83,12 +84,13 @@ def _apply(optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss, v
 
 
 def moving_statistics(model: keras.Model) -> list[tf.Variable]:
-    """The BatchNorm moving means and variances of a model (none in the `mlm` networks)."""
+    """The BatchNorm moving means and variances of a model, with the state that keeps them debiased
+    (`DebiasedBatchNormalization`); none in the `mlm` networks."""
     return [
         variable
         for layer in model.layers
         if isinstance(layer, keras.layers.BatchNormalization)
-        for variable in (layer.moving_mean, layer.moving_variance)
+        for variable in layer.non_trainable_variables
     ]
 
 

@@ -1,6 +1,7 @@
-"""The GANs in Action networks: they train, BatchNorm behaves as documented in pipeline.training, the
-source's own baseline recipe (`cnn_source`) makes passes over the labeled images, and the setting is
-part of the arm and the fingerprint without changing the identity of earlier runs."""
+"""The GANs in Action networks: they train, BatchNorm behaves as documented in pipeline.training (moving
+statistics zero-debiased as in Keras 2), the source's own baseline recipe (`cnn_source`) makes passes over
+the labeled images, and the setting is part of the arm and the fingerprint without changing the identity
+of earlier runs."""
 
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ import tensorflow as tf
 from pipeline.bench import ReferenceSGAN, check_reference_updates, flops_per_step
 from pipeline.config import ConfigError, fingerprint, resolve_config
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.models import build_models
+from pipeline.models import DebiasedBatchNormalization, build_models, portable_copy
 from pipeline.sweep import trial_command
 from pipeline.training import LabeledPasses, make_trainer, moving_statistics
 
@@ -64,7 +65,7 @@ def test_batchnorm_statistics_move_only_in_the_updates_that_own_them(digits):
     trainer = _trainer(digits)
     d_stats = moving_statistics(trainer.models.discriminator)
     g_stats = moving_statistics(trainer.models.generator)
-    assert len(d_stats) == 4 and len(g_stats) == 4
+    assert len(d_stats) == 10 and len(g_stats) == 10  # 2 layers: mean, variance and 3 debiasing states
     real = tf.constant(digits.x_train[:32])
 
     d_before, g_before = _copy(d_stats), _copy(g_stats)
@@ -145,6 +146,39 @@ def test_architecture_and_subset_rule_are_in_the_fingerprint_and_earlier_runs_ke
         fingerprint(base, "abc"),
     }
     assert len(others) == 3
+    gia = resolve_config("sgan", "mnist", 100, 3, "quick", architecture="gans_in_action")
+    assert (base.batchnorm, gia.batchnorm) == ("none", "zero_debiased")  # GiA runs before it run again
+    assert fingerprint(gia, "abc") != fingerprint(replace(gia, batchnorm="none"), "abc")
+
+
+def test_debiased_batchnorm_keeps_the_weighted_mean_of_the_batch_statistics_alone():
+    """Keras 2's zero-debiased moving statistics (the book's): after t updates, the momentum-weighted mean
+    of the t batch statistics, nothing of the initial 0 and 1; training outputs are the stock layer's."""
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, (8, 4, 4, 5)).astype(np.float32) for _ in range(6)]
+    debiased, stock = DebiasedBatchNormalization(), keras.layers.BatchNormalization()
+    for batch in batches:
+        np.testing.assert_allclose(debiased(batch, training=True), stock(batch, training=True), rtol=0, atol=1e-5)
+    weights = np.array([0.99 ** (len(batches) - 1 - k) for k in range(len(batches))])
+    weights /= weights.sum()
+    means = np.array([batch.mean(axis=(0, 1, 2)) for batch in batches])
+    variances = np.array([batch.var(axis=(0, 1, 2)) for batch in batches])
+    np.testing.assert_allclose(debiased.moving_mean.numpy(), weights @ means, rtol=1e-4)
+    np.testing.assert_allclose(debiased.moving_variance.numpy(), weights @ variances, rtol=1e-4)
+    assert np.all(stock.moving_mean.numpy() < 0.1 * means.mean(axis=0))  # Keras 3's: still 94% the initial 0
+    expected = (batches[0] - weights @ means) / np.sqrt(weights @ variances + debiased.epsilon)  # inference
+    np.testing.assert_allclose(debiased(batches[0], training=False), expected, rtol=0, atol=1e-4)
+
+
+def test_trained_gans_in_action_networks_are_logged_as_stock_layers_with_the_same_outputs(digits):
+    trainer = _trainer(digits)
+    trainer.train_steps(3)
+    images = tf.constant(digits.x_test[:16])
+    latent = tf.random.stateless_normal([4, trainer.config.latent_dim], seed=[1, 2])
+    for model, x in ((trainer.models.classifier, images), (trainer.models.generator, latent)):
+        copy = portable_copy(model, "gans_in_action")
+        assert all(type(layer).__module__.startswith("keras.") for layer in copy.layers), model.name
+        np.testing.assert_allclose(copy(x, training=False), model(x, training=False), rtol=0, atol=1e-5)
 
 
 def test_first_n_labeled_images_ignore_the_seed_and_skip_the_validation_split(digits):
