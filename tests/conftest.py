@@ -37,30 +37,6 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return (os.cpu_count() or 1) + 1
 
 
-# Test files by how long they take, longest first (measured on a 2-core machine): the workers start the
-# long files first and the short ones fill in at the end (pyproject.toml turns off xdist's own ordering,
-# which puts the files with the most tests first, and so the few-test, long-running files last).
-LONGEST_FIRST = (
-    "test_ray.py",
-    "test_sweep.py",
-    "test_sweep_stops.py",
-    "test_resume.py",
-    "test_mlflow_native.py",
-    "test_runs.py",
-    "test_mlproject.py",
-    "test_report.py",
-    "test_training.py",
-    "test_bench.py",
-    "test_architecture.py",
-)
-
-
-def pytest_collection_modifyitems(items) -> None:
-    """Run the longest files first (files not listed are short and go last, in their own order)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @functools.cache
 def _empty_store() -> Path:
     """An empty SQLite tracking store made by MLflow once per test process: creating one runs MLflow's
