@@ -12,12 +12,16 @@ only after it is frozen. `check_reference_updates` asserts that each call moves 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -210,6 +214,35 @@ class BenchResult:
     keras_version: str
     intra_op_threads: int
     inter_op_threads: int
+    op_time_ms: dict[str, float] = field(default_factory=dict)  # `--ops`: op type -> ms per step of ours
+
+
+def op_times(run: Callable[[], object], steps: int) -> dict[str, float]:
+    """Milliseconds per step spent in each TensorFlow op type while `run()` executes `steps` steps, read
+    from TensorFlow's profiler trace (its XSpace protobuf): which kernels the step's time goes to.
+    Summed over ops, which run concurrently on the inter-op threads, so the total exceeds the wall time."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    folder = tempfile.mkdtemp(prefix="sgan-bench-ops-")
+    try:
+        tf.profiler.experimental.start(folder)
+        try:
+            run()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(folder).rglob("*.xplane.pb")).read_bytes())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    picoseconds: collections.Counter[str] = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name  # "scope/op_name:OpType" for TF ops
+                op_name, _, op_type = name.rpartition(":")
+                if op_name and "::" not in name and not name.startswith("__") and op_type.isidentifier():
+                    picoseconds[op_type] += event.duration_ps
+    return {op: ps / steps / 1e9 for op, ps in picoseconds.most_common()}
 
 
 def run_bench(
@@ -219,7 +252,9 @@ def run_bench(
     precision: str = "float32",
     warmup: int = 3,
     architecture: str = "mlm",
+    ops: int = 0,
 ) -> BenchResult:
+    """`ops` > 0: also profile `steps` of our steps and keep the `ops` op types that take the most time."""
     data = load_dataset(dataset)
     idx = labeled_subset(data.y_train, 100, 0, data.num_classes, data.validation)
     x_lab, y_lab = data.x_train[idx], data.y_train[idx]
@@ -242,6 +277,7 @@ def run_bench(
             reference.step()
         ref_times.append((time.perf_counter() - start) / steps)
     check_reference_updates(reference)
+    op_time = dict(list(op_times(lambda: ours.train_steps(steps), steps).items())[:ops]) if ops else {}
     ours_s, ref_s = statistics.median(ours_times), statistics.median(ref_times)
     flop = flops_per_step(config)
     peak = measured_peak_flops()
@@ -270,6 +306,7 @@ def run_bench(
         keras_version=keras.__version__,
         intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+        op_time_ms=op_time,
     )
 
 
@@ -291,5 +328,11 @@ def format_result(result: BenchResult, as_json: bool) -> str:
             f"  machine    {r.machine}; TensorFlow {r.tensorflow_version}, Keras {r.keras_version}; "
             f"threads intra {r.intra_op_threads}, inter {r.inter_op_threads} (0 = TensorFlow's default)",
             f"  cpu        {describe_features(r.cpu_features)}",
+            *(
+                [f"  op time per step of ours (summed over ops running concurrently), top {len(r.op_time_ms)}:"]
+                if r.op_time_ms
+                else []
+            ),
+            *(f"    {ms:8.1f} ms  {op}" for op, ms in r.op_time_ms.items()),
         ]
     )

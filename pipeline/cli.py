@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--steps", type=int, default=10, help="steps per round and method (default 10)")
     sub.add_argument("--precision", default="float32", help="our trainer's precision: float32 or bfloat16")
     sub.add_argument("--architecture", default="mlm", help=f"{' or '.join(ARCHITECTURES)}, each with its protocol")
+    sub.add_argument(
+        "--ops", type=int, default=0, help="also profile our steps and list the N op types taking most time"
+    )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -311,12 +314,16 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command in METHODS:
         return run_single(args)
     if args.command == "bench":
-        from pipeline.bench import format_result, run_bench
-
         _positive_ints(rounds=args.rounds, steps=args.steps)
+        if args.ops < 0:
+            raise ConfigError(f"ops={args.ops} must be 0 (no profile) or a positive number of op types")
         check_choice("precision", args.precision, PRECISIONS)
         check_choice("architecture", args.architecture, list(ARCHITECTURES))
-        result = run_bench(args.dataset, args.rounds, args.steps, args.precision, architecture=args.architecture)
+        from pipeline.bench import format_result, run_bench  # TensorFlow: only once the settings are good
+
+        result = run_bench(
+            args.dataset, args.rounds, args.steps, args.precision, architecture=args.architecture, ops=args.ops
+        )
         print(format_result(result, args.json))
         return 0
     if args.command == "report":

@@ -149,6 +149,9 @@ def test_architecture_and_subset_rule_are_in_the_fingerprint_and_earlier_runs_ke
     gia = resolve_config("sgan", "mnist", 100, 3, "quick", architecture="gans_in_action")
     assert (base.batchnorm, gia.batchnorm) == ("none", "zero_debiased")  # GiA runs before it run again
     assert fingerprint(gia, "abc") != fingerprint(replace(gia, batchnorm="none"), "abc")
+    # bfloat16 SGAN runs from before the float32-summed bias gradients run again; float32 ones are kept
+    bf16 = resolve_config("sgan", "mnist", 100, 3, "quick", precision="bfloat16")
+    assert fingerprint(bf16, "abc") != "8cb5ab58d59f87c6"  # what the code before computed
 
 
 def test_debiased_batchnorm_keeps_the_weighted_mean_of_the_batch_statistics_alone():

@@ -52,8 +52,9 @@ def test_flop_estimate_is_the_documented_64_gflop_scale():
 def test_bench_cli_prints_json_with_the_headline_figures():
     # the smaller of the two architectures, to keep the suite fast; `mlm` runs the same code
     result = cli(
-        "bench", "--dataset", "digits", "--architecture", "gans_in_action", "--rounds", "1", "--steps", "2", "--json"
-    )
+        "bench", "--dataset", "digits", "--architecture", "gans_in_action",
+        "--rounds", "1", "--steps", "2", "--ops", "5", "--json",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["ours_ms_per_step"] > 0 and figures["reference_ms_per_step"] > 0
@@ -61,6 +62,11 @@ def test_bench_cli_prints_json_with_the_headline_figures():
     # a sanity bound (units, not speed): under load the peak's matrix products and the steps slow unevenly
     assert 0 < figures["ours_fraction_of_peak"] < 10 and figures["ours_precision"] == "float32"
     assert figures["architecture"] == "gans_in_action"
+    # the op profile: the five op types taking most time, most first; convolutions are among them
+    op_time = list(figures["op_time_ms"].items())
+    assert len(op_time) == 5 and all(ms > 0 for _, ms in op_time)
+    assert [ms for _, ms in op_time] == sorted((ms for _, ms in op_time), reverse=True)
+    assert any("Conv2D" in op for op, _ in op_time)
     assert set(figures["cpu_features"]) <= {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
 
 
@@ -80,3 +86,5 @@ def test_the_bench_names_the_cpu_features_that_decide_its_figures():
 def test_bench_rejects_bad_settings():
     result = refused("bench", "--rounds", "0")
     assert result.returncode == 2 and "rounds=0 must be a positive integer" in result.stderr
+    result = refused("bench", "--ops", "-1")
+    assert result.returncode == 2 and "ops=-1 must be 0" in result.stderr

@@ -1,11 +1,11 @@
-"""The generator's fast last layer computes what the stock Keras layer computes, forwards and backwards."""
+"""The generator's fast layers compute what the stock Keras layers compute, forwards and backwards."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.models import ImageConv2D, build_generator, build_models, portable_copy
+from pipeline.models import ImageConv2D, SummedBiasConv2DTranspose, build_generator, build_models, portable_copy
 
 
 def _outputs_and_gradients(layer: keras.layers.Layer, x: tf.Tensor):
@@ -32,6 +32,49 @@ def test_image_conv_matches_stock_conv2d_in_outputs_and_all_gradients(kernel, ac
         # shift would be off by the order of the values themselves
         scale = float(tf.reduce_max(tf.abs(expected)))
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(
+    ("filters", "kernel", "strides", "activation", "use_bias"),
+    [(128, 4, 2, None, True), (1, 3, 2, "tanh", True), (64, 3, 1, None, True), (8, 3, 2, None, False)],
+)
+def test_summed_bias_transposed_conv_matches_the_stock_layer_in_outputs_and_all_gradients(
+    filters, kernel, strides, activation, use_bias
+):
+    keras.utils.set_random_seed(0)
+    x = tf.random.stateless_normal([4, 7, 7, 16], seed=[1, 2])
+    settings = dict(strides=strides, padding="same", activation=activation, use_bias=use_bias)
+    stock = keras.layers.Conv2DTranspose(filters, kernel, **settings)
+    fast = SummedBiasConv2DTranspose(filters, kernel, **settings)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights([w + 0.01 for w in stock.get_weights()])  # a non-zero bias too
+    stock.set_weights(fast.get_weights())
+    for expected, actual in zip(_outputs_and_gradients(stock, x), _outputs_and_gradients(fast, x), strict=True):
+        assert actual.shape == expected.shape
+        scale = float(tf.reduce_max(tf.abs(expected)))  # sums in another order, as above
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-5 * scale)
+
+
+def test_summed_bias_gradient_under_bfloat16_is_the_float32_sum_rounded_once():
+    """Mixed precision: the bias gradient of 100 maps of 28x28 (78,400 terms) is accumulated in float32,
+    so it is the float32 sum up to one bfloat16 rounding (8 significant bits)."""
+    x = tf.random.stateless_normal([100, 14, 14, 8], seed=[5, 6])
+    upstream = tf.random.stateless_uniform([100, 28, 28, 16], seed=[7, 8], minval=0.5, maxval=1.5)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = SummedBiasConv2DTranspose(16, 4, strides=2, padding="same")
+        layer.build(x.shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        assert y.dtype == tf.bfloat16
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    bias_gradient = tape.gradient(loss, layer.bias.value)
+    exact = tf.reduce_sum(upstream, axis=[0, 1, 2])  # about 78,400 each
+    np.testing.assert_allclose(bias_gradient.numpy(), exact.numpy(), rtol=2**-8, atol=0)
 
 
 def test_image_conv_falls_back_to_the_stock_op_where_the_fast_path_does_not_apply():
