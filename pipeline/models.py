@@ -177,9 +177,10 @@ class SummedBiasConv2DTranspose(layers.Conv2DTranspose):
 
     Why: `BiasAddGrad` over the generator's 28x28x128 maps (100 images) took 47 ms of a 380 ms float32
     step, several times what the same sum costs as a matrix product; and under mixed precision it sums its
-    78,400 terms in bfloat16, where a running sum stops growing once it is large against each term (in
-    `tests/test_models.py` it came out 99% short). The matrix product accumulates in float32. The
-    regular convolutions do not need this: oneDNN fuses their bias gradient into the filter gradient.
+    78,400 terms in bfloat16, where a running sum stops growing once it is large against each term (on
+    the bfloat16 case of `tests/test_models.py` the stock layer's came out 99% short). The matrix
+    product accumulates in float32. The regular convolutions do not need this: oneDNN fuses their bias
+    gradient into the filter gradient.
     Same weights and, up to float rounding, the same outputs and gradients as the stock layer (tested);
     not registered with Keras, like `ImageConv2D`."""
 
