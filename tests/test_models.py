@@ -16,22 +16,27 @@ def _outputs_and_gradients(layer: keras.layers.Layer, x: tf.Tensor):
     return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
 
+def assert_same_function(stock: keras.layers.Layer, fast: keras.layers.Layer, x: tf.Tensor, tolerance: float) -> None:
+    """`fast` computes what `stock` computes, given the same (non-zero bias) weights: outputs, the input
+    gradient and every weight gradient, each within `tolerance` of its largest value (float32 sums in
+    another order: a bias gradient adds thousands of terms; a wrong tap, shift or sum would be off by
+    the order of the values themselves)."""
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights([w + 0.01 for w in stock.get_weights()])
+    stock.set_weights(fast.get_weights())
+    for expected, actual in zip(_outputs_and_gradients(stock, x), _outputs_and_gradients(fast, x), strict=True):
+        assert actual.shape == expected.shape
+        scale = float(tf.reduce_max(tf.abs(expected)))
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=tolerance * scale)
+
+
 @pytest.mark.parametrize(("kernel", "activation"), [(7, "tanh"), (5, None), (3, "tanh"), ((3, 5), None)])
 def test_image_conv_matches_stock_conv2d_in_outputs_and_all_gradients(kernel, activation):
     keras.utils.set_random_seed(0)
     x = tf.random.stateless_normal([3, 28, 28, 16], seed=[1, 2])
     stock = keras.layers.Conv2D(1, kernel, padding="same", activation=activation)
-    fast = ImageConv2D(1, kernel, padding="same", activation=activation)
-    stock.build(x.shape)
-    fast.build(x.shape)
-    fast.set_weights([w + 0.01 for w in stock.get_weights()])  # a non-zero bias too
-    stock.set_weights(fast.get_weights())
-    for expected, actual in zip(_outputs_and_gradients(stock, x), _outputs_and_gradients(fast, x), strict=True):
-        assert actual.shape == expected.shape
-        # float32 sums in another order (the bias gradient adds thousands of terms); a wrong tap or
-        # shift would be off by the order of the values themselves
-        scale = float(tf.reduce_max(tf.abs(expected)))
-        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-4 * scale)
+    assert_same_function(stock, ImageConv2D(1, kernel, padding="same", activation=activation), x, 1e-4)
 
 
 @pytest.mark.parametrize(
@@ -45,15 +50,7 @@ def test_summed_bias_transposed_conv_matches_the_stock_layer_in_outputs_and_all_
     x = tf.random.stateless_normal([4, 7, 7, 16], seed=[1, 2])
     settings = dict(strides=strides, padding="same", activation=activation, use_bias=use_bias)
     stock = keras.layers.Conv2DTranspose(filters, kernel, **settings)
-    fast = SummedBiasConv2DTranspose(filters, kernel, **settings)
-    stock.build(x.shape)
-    fast.build(x.shape)
-    fast.set_weights([w + 0.01 for w in stock.get_weights()])  # a non-zero bias too
-    stock.set_weights(fast.get_weights())
-    for expected, actual in zip(_outputs_and_gradients(stock, x), _outputs_and_gradients(fast, x), strict=True):
-        assert actual.shape == expected.shape
-        scale = float(tf.reduce_max(tf.abs(expected)))  # sums in another order, as above
-        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=0, atol=1e-5 * scale)
+    assert_same_function(stock, SummedBiasConv2DTranspose(filters, kernel, **settings), x, 1e-5)
 
 
 def test_summed_bias_gradient_under_bfloat16_is_the_float32_sum_rounded_once():
