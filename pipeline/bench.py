@@ -16,7 +16,6 @@ import collections
 import json
 import os
 import platform
-import shutil
 import statistics
 import tempfile
 import time
@@ -217,14 +216,14 @@ class BenchResult:
     op_time_ms: dict[str, float] = field(default_factory=dict)  # `--ops`: op type -> ms per step of ours
 
 
-def op_times(run: Callable[[], object], steps: int) -> dict[str, float]:
-    """Milliseconds per step spent in each TensorFlow op type while `run()` executes `steps` steps, read
-    from TensorFlow's profiler trace (its XSpace protobuf): which kernels the step's time goes to.
-    Summed over ops, which run concurrently on the inter-op threads, so the total exceeds the wall time."""
+def op_times(run: Callable[[], object], steps: int, top: int) -> dict[str, float]:
+    """Milliseconds per step spent in the `top` TensorFlow op types taking most time while `run()` executes
+    `steps` steps, read from TensorFlow's profiler trace (its XSpace protobuf): which kernels the step's
+    time goes to. Summed over ops, which run concurrently on the inter-op threads, so the total exceeds
+    the wall time."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    folder = tempfile.mkdtemp(prefix="sgan-bench-ops-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="sgan-bench-ops-") as folder:
         tf.profiler.experimental.start(folder)
         try:
             run()
@@ -232,8 +231,6 @@ def op_times(run: Callable[[], object], steps: int) -> dict[str, float]:
             tf.profiler.experimental.stop()
         space = xplane_pb2.XSpace()
         space.ParseFromString(next(Path(folder).rglob("*.xplane.pb")).read_bytes())
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
     picoseconds: collections.Counter[str] = collections.Counter()
     for plane in space.planes:
         for line in plane.lines:
@@ -242,7 +239,7 @@ def op_times(run: Callable[[], object], steps: int) -> dict[str, float]:
                 op_name, _, op_type = name.rpartition(":")
                 if op_name and "::" not in name and not name.startswith("__") and op_type.isidentifier():
                     picoseconds[op_type] += event.duration_ps
-    return {op: ps / steps / 1e9 for op, ps in picoseconds.most_common()}
+    return {op: ps / steps / 1e9 for op, ps in picoseconds.most_common(top)}
 
 
 def run_bench(
@@ -277,7 +274,7 @@ def run_bench(
             reference.step()
         ref_times.append((time.perf_counter() - start) / steps)
     check_reference_updates(reference)
-    op_time = dict(list(op_times(lambda: ours.train_steps(steps), steps).items())[:ops]) if ops else {}
+    op_time = op_times(lambda: ours.train_steps(steps), steps, ops) if ops else {}
     ours_s, ref_s = statistics.median(ours_times), statistics.median(ref_times)
     flop = flops_per_step(config)
     peak = measured_peak_flops()
