@@ -23,6 +23,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+pytest_plugins = ["tests.cpu_report"]  # `--cpu-top N`
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SGAN_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
 os.environ["SGAN_DATA_DIR"] = str(SHARED_DATA)
