@@ -134,8 +134,9 @@ def train_run(
                     checkpoint.save(Path(folder), trainer, state, config_fingerprint)
                     mlflow.log_artifacts(folder, CHECKPOINT_DIR)
                 log_epoch_metrics(state.history, range(state.epoch, state.epoch + 1))
-                if os.environ.get("SGAN_KILL_AFTER_EPOCH") == str(state.epoch):  # tests: a hard stop, for real
-                    os.kill(os.getpid(), signal.SIGKILL)
+                kill_epoch, _, scope = os.environ.get("SGAN_KILL_AFTER_EPOCH", "").partition(":")
+                if kill_epoch == str(state.epoch):  # tests: a hard stop, for real, of this run or ("N:group") its group
+                    os.killpg(0, signal.SIGKILL) if scope == "group" else os.kill(os.getpid(), signal.SIGKILL)
 
             history = fit(trainer, splits, on_epoch_end, verbose, state, on_checkpoint)
             result = RunResult(

@@ -6,6 +6,7 @@ FINGERPRINT_TAG = "config_fingerprint"  # a run's resolved configuration and dat
 SEARCH_TAG = "recipe_search_key"  # on a cnn_tuned recipe search: what the search depends on
 CANDIDATE_TAG = "search_candidate"  # on each recipe tried by a search (nested under it)
 SWEEP_TAG = "sweep"  # on a sweep's parent run
+OWNER_TAG = "sweep_process"  # on a sweep's parent run: the process running it (see pipeline.owner)
 REPORT_TAG = "report"  # on a report run
 TRIALS_FILE = "trials.json"  # in a sweep's parent run: every trial's run id, reused ones included
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens such experiments on runs

@@ -28,7 +28,8 @@ from mlflow.entities import RunStatus
 from pipeline.config import AUGMENTED_METHODS, ConfigError, RunConfig, fingerprint, resolve_config, search_key
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.device import THREADS_ENV, threads_per_trial
-from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, SWEEP_TAG, TRIALS_FILE
+from pipeline.owner import is_abandoned, process_identity
+from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, OWNER_TAG, SWEEP_TAG, TRIALS_FILE
 from pipeline.store import check_tracking_uri, log_new_params, newest_run, record_stop, run_destination
 
 
@@ -463,8 +464,12 @@ def run_sweep(
     check_tracking_uri()
     experiment, experiment_id = run_destination(experiment, experiment_given)
     run_name = f"sweep-{trials[0].config.dataset}-{trials[0].config.profile}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={SWEEP_TAG: "true"}) as parent:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as parent:
+        mlflow.set_tags({SWEEP_TAG: "true", OWNER_TAG: process_identity()})  # also on a run `mlflow run` made
         experiment_id = parent.info.experiment_id
+        for abandoned in close_abandoned_sweeps(experiment_id):
+            if verbose:
+                print(f"Closed sweep run {abandoned}, left RUNNING by a sweep killed hard (now KILLED)")
         trials = [Trial(replace(t.config, experiment=experiment), t.fingerprint) for t in trials]
         log_new_params({**(sweep_params or {}), "n_trials": len(trials), "executor": executor.name})
         progress = Progress(len(trials), executor.slots, verbose)
@@ -504,6 +509,20 @@ def run_sweep(
     if verbose:
         print(sweep_summary(result))
     return result
+
+
+def close_abandoned_sweeps(experiment_id: str) -> list[str]:
+    """End KILLED, with what they nested, the sweep runs of the experiment still RUNNING although the
+    process that ran them on this host is gone (killed hard: it could not close them). Returns their ids."""
+    client = mlflow.MlflowClient()
+    running = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.{SWEEP_TAG} = 'true'")
+    abandoned = [run for run in running if is_abandoned(run.data.tags.get(OWNER_TAG, ""))]
+    for run in abandoned:
+        close_unfinished_runs(experiment_id, run.info.run_id)
+        owner = run.data.tags[OWNER_TAG]
+        client.set_tag(run.info.run_id, "error", f"its sweep process ({owner}) ended without closing it (killed hard)")
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return [run.info.run_id for run in abandoned]
 
 
 def close_unfinished_runs(experiment_id: str, parent_run_id: str) -> list[str]:

@@ -63,4 +63,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_sep("=", f"CPU time per test: {total:.0f} s over {len(costs)} tests, top {top}")
     for cpu, wall, nodeid in costs[:top]:
         terminalreporter.write_line(f"{cpu:7.1f} s CPU {wall:7.1f} s wall  {nodeid}")
-

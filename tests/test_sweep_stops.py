@@ -3,6 +3,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 
+from pipeline.owner import is_abandoned, process_identity
 from pipeline.sweep import close_unfinished_runs
 
 from .conftest import cli
@@ -48,14 +51,34 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_pa
     assert finished_before <= set(finished.run_id) and len(finished) == 3
 
 
-def test_a_sweep_started_again_resumes_a_half_done_trial_from_its_checkpoint(store, tmp_path):
+def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_killed_hard(store, tmp_path):
     args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0", "--epochs", "3", "--experiment", "halfway"]
     stopped = cli(*args, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})  # the trial dies hard after epoch 1
     assert stopped.returncode == 1 and "1 failed" in stopped.stdout
     (run,) = _trial_runs("halfway").itertuples()
     assert run.status == "FAILED"
+    # started again, it resumes the trial; this time SIGKILL takes the whole sweep after epoch 2, as the
+    # out-of-memory killer or a scheduler's hard kill would: nothing can close its runs
+    killed = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=tmp_path,
+        env={**os.environ, "SGAN_KILL_AFTER_EPOCH": "2:group"},
+        start_new_session=True,  # its own process group, without this test's
+        capture_output=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    abandoned = _parents("halfway").iloc[-1]
+    assert abandoned.status == "RUNNING" and list(_trial_runs("halfway").status) == ["RUNNING"]
+    live = mlflow.MlflowClient().create_run(  # a sweep of this test's own, live process: not to be touched
+        abandoned.experiment_id, tags={"sweep": "true", "sweep_process": process_identity()}
+    )
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Closed sweep run {abandoned.run_id}, left RUNNING by a sweep killed hard" in again.stdout
+    closed = mlflow.get_run(abandoned.run_id)
+    assert closed.info.status == "KILLED" and "ended without closing it (killed hard)" in closed.data.tags["error"]
+    assert mlflow.get_run(live.info.run_id).info.status == "RUNNING"
     (resumed,) = _trial_runs("halfway").itertuples()
     assert resumed.run_id == run.run_id and resumed.status == "FINISHED"
     history = mlflow.MlflowClient().get_metric_history(run.run_id, "test_accuracy")
@@ -128,3 +151,16 @@ def test_a_stopped_sweep_closes_every_run_left_open_under_it_and_nothing_else(st
     assert "stopped with its sweep" in client.get_run(open_trial).data.tags["error"]
     assert client.get_run(done_trial).info.status == "FINISHED"
     assert client.get_run(other_trial).info.status == "RUNNING" and client.get_run(sweep).info.status == "RUNNING"
+
+
+def test_only_a_process_gone_from_this_host_counts_as_abandoning_its_sweep():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = f"{socket.gethostname()} {sleeper.pid} {psutil.Process(sleeper.pid).create_time():.2f}"
+    assert not is_abandoned(identity) and not is_abandoned(process_identity())
+    sleeper.kill()
+    sleeper.wait()
+    assert is_abandoned(identity)
+    host, pid, started = process_identity().split(" ")
+    assert is_abandoned(f"{host} {pid} {float(started) - 100:.2f}")  # the pid now runs another process
+    assert not is_abandoned(f"another-host {sleeper.pid} {identity.split(' ')[2]}")  # not checkable here
+    assert not is_abandoned("")  # a sweep run older than the tag
