@@ -28,6 +28,7 @@ from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_TAG
 from pipeline.store import (
+    carry_over_stop,
     check_tracking_uri,
     log_new_params,
     newest_run,
@@ -102,6 +103,10 @@ def train_run(
         experiment_id=experiment_id, tags=tags, log_system_metrics=system_metrics or None, **started_run
     ) as run:
         try:
+            if resume:
+                carry_over_stop(run)
+                if parent_run_id:  # nested under the sweep running it now, which closes it if it stops
+                    mlflow.set_tag("mlflow.parentRunId", parent_run_id)
             log_run_inputs(config, dataset, indices)
             log_new_params(device)
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):

@@ -7,6 +7,7 @@ SEARCH_TAG = "recipe_search_key"  # on a cnn_tuned recipe search: what the searc
 CANDIDATE_TAG = "search_candidate"  # on each recipe tried by a search (nested under it)
 SWEEP_TAG = "sweep"  # on a sweep's parent run
 OWNER_TAG = "sweep_process"  # on a sweep's parent run: the process running it (see pipeline.owner)
+STOPS_TAG = "earlier_stops"  # on a resumed run: why each stop it was resumed from ended it (its old `error`)
 REPORT_TAG = "report"  # on a report run
 TRIALS_FILE = "trials.json"  # in a sweep's parent run: every trial's run id, reused ones included
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens such experiments on runs

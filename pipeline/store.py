@@ -8,7 +8,7 @@ import os
 import mlflow
 
 from pipeline.config import ConfigError
-from pipeline.schema import EXPERIMENT_KIND
+from pipeline.schema import EXPERIMENT_KIND, STOPS_TAG
 
 
 def check_tracking_uri(uri: str | None = None) -> str:
@@ -86,6 +86,16 @@ def record_stop(err: BaseException) -> None:
     mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000] if str(err) else type(err).__name__)
     if isinstance(err, KeyboardInterrupt):
         mlflow.end_run("KILLED")
+
+
+def carry_over_stop(run: mlflow.entities.Run) -> None:
+    """A resumed run is stopped no longer: the `error` tag its stop left moves to `earlier_stops` (one line
+    per stop it came back from), so that a run resumed to the end is FINISHED without an error."""
+    error = run.data.tags.get("error")
+    if error:
+        earlier = run.data.tags.get(STOPS_TAG)
+        mlflow.set_tag(STOPS_TAG, (f"{earlier}\n{error}" if earlier else error)[-5000:])
+        mlflow.delete_tag("error")
 
 
 def register_classifier(model_id: str, name: str, tags: dict[str, object], alias: str | None = None) -> str:

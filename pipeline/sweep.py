@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -282,7 +283,8 @@ def settle(
         outcome.status, outcome.run_id = "FINISHED", run.info.run_id
         outcome.final_test_accuracy = run.data.metrics.get("final_test_accuracy")
         return outcome
-    outcome.error = (run.data.tags.get("error") if run else None) or last_words()
+    killed = f"killed by {signal.Signals(-returncode).name}, its last line: " if returncode < 0 else ""
+    outcome.error = (run.data.tags.get("error") if run else None) or killed + last_words()
     client = mlflow.MlflowClient()
     if run is None:  # died before its run existed: record the failure anyway
         run = client.create_run(

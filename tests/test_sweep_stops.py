@@ -81,6 +81,11 @@ def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_kill
     assert mlflow.get_run(live.info.run_id).info.status == "RUNNING"
     (resumed,) = _trial_runs("halfway").itertuples()
     assert resumed.run_id == run.run_id and resumed.status == "FINISHED"
+    tags = mlflow.get_run(run.run_id).data.tags  # finished: no error left, the two stops kept
+    first, second = tags["earlier_stops"].split("\n")
+    assert "error" not in tags and first.startswith("killed by SIGKILL, its last line: ") and "epoch 1/3" in first
+    assert second.startswith("stopped with its sweep")  # nested under the sweep that resumed it, which closed it
+    assert tags["mlflow.parentRunId"] == _parents("halfway").run_id.iloc[-1]  # the sweep that finished it
     history = mlflow.MlflowClient().get_metric_history(run.run_id, "test_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
 
