@@ -126,6 +126,7 @@ def train_run(
             if state is not None:  # epochs the checkpoint holds but a hard stop kept from the store
                 logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")}
                 log_epoch_metrics(state.history, [e for e in range(1, state.epoch + 1) if e not in logged])
+                started -= state.history.seconds  # the run's wall time counts its earlier processes' training
             if verbose and resume:
                 print(f"Resuming run {resume} after epoch {state.epoch if state else 0}", flush=True)
 

@@ -55,6 +55,7 @@ def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_floa
         assert got[key] == expected[key], key  # the same floats, not just close
     for name in ("final_test_accuracy", "final_test_accuracy_ema", "selected_epoch"):
         assert after.data.metrics[name] == reference.data.metrics[name], name
+    assert after.data.metrics["wall_seconds"] > after.data.metrics["train_seconds"]  # both over all its processes
 
 
 def test_resume_refuses_other_settings_and_finished_runs(store, tmp_path):
