@@ -243,18 +243,30 @@ def tuned_recipe(
     config: RunConfig, dataset: Dataset, experiment_id: str, parent_run_id: str | None, verbose: bool
 ) -> tuple[dict[str, object], str]:
     """The recipe of `cnn_tuned` for this (dataset, protocol, label count, precision): from a finished
-    search in the experiment, else from a new one, logged as a run with one nested run per candidate.
-    Returns (recipe, the search's run id)."""
+    search in the experiment, else from a search logged as a run with one nested run per candidate. A search
+    that was stopped is continued in its own run: the candidates it (or an earlier stopped one) finished are
+    reused, the rest trained. Returns (recipe, the search's run id)."""
     key = search_key(config, dataset.checksum)
     found = newest_run(experiment_id, f"tags.{SEARCH_TAG} = '{key}' and attributes.status = 'FINISHED'")
     if found:
         return json.loads(found.data.params["chosen_recipe"]), found.info.run_id
+    stopped = newest_run(experiment_id, f"tags.{SEARCH_TAG} = '{key}'")  # none finished: any is a stopped one
+    finished = finished_candidates(experiment_id, key) if stopped else []
     indices = labeled_subset(
         dataset.y_train, config.labels, SEARCH_SEED, dataset.num_classes, dataset.validation, config.labeled_subset
     )
     suffix = "" if config.architecture == "mlm" else f"-{config.architecture}"
     name = f"cnn_tuned-search{suffix}-{config.dataset}-L{config.labels}"
     done = 0
+
+    def report(candidate: Candidate, reused: bool = False) -> None:
+        if verbose:
+            chosen = ", ".join(f"{k}={v}" for k, v in candidate.recipe.items())
+            print(
+                f"search {done}/{len(recipes())}: {chosen}: best validation accuracy {candidate.score:.4f} at epoch "
+                f"{candidate.best_epoch}{' (reused from the stopped search)' if reused else ''}",
+                flush=True,
+            )
 
     def on_candidate(candidate: Candidate) -> None:
         nonlocal done
@@ -265,21 +277,24 @@ def tuned_recipe(
             mlflow.log_params({**candidate.recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
             log_epoch_metrics(candidate.history, range(1, config.train_epochs + 1))
             mlflow.log_metrics({"best_val_accuracy": candidate.score, "best_epoch": candidate.best_epoch})
-        if verbose:
-            chosen = ", ".join(f"{k}={v}" for k, v in candidate.recipe.items())
-            print(
-                f"search {done}/{len(recipes())}: {chosen}: best validation accuracy {candidate.score:.4f} at epoch "
-                f"{candidate.best_epoch}",
-                flush=True,
-            )
+        report(candidate)
+        if os.environ.get("SGAN_KILL_AFTER_CANDIDATE") == str(done):  # tests: a hard stop inside the search
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=name,
-        parent_run_id=parent_run_id,
-        tags={SEARCH_TAG: key, "recipe_search": "true"},
-    ) as search:
-        mlflow.log_params(
+    started_run = (
+        {"run_id": stopped.info.run_id}
+        if stopped
+        else {"run_name": name, "parent_run_id": parent_run_id, "tags": {SEARCH_TAG: key, "recipe_search": "true"}}
+    )
+    with mlflow.start_run(experiment_id=experiment_id, **started_run) as search:
+        if stopped:
+            carry_over_stop(search)
+            if parent_run_id:  # nested under the sweep running it now, as a resumed trial is
+                mlflow.set_tag("mlflow.parentRunId", parent_run_id)
+        for candidate in finished:
+            done += 1
+            report(candidate, reused=True)
+        log_new_params(
             {
                 "labels": config.labels,
                 "dataset": config.dataset,
@@ -299,12 +314,32 @@ def tuned_recipe(
             dataset.x_train[dataset.pool],
             *_validation(dataset),
             on_candidate,
+            finished,
         )
         table = [{**c.recipe, "best_val_accuracy": c.score, "best_epoch": c.best_epoch} for c in candidates]
         mlflow.log_dict({"candidates": table, "chosen": recipe}, "search.json")
         mlflow.log_param("chosen_recipe", json.dumps(recipe))
         mlflow.log_metric("best_val_accuracy", max(c.score for c in candidates))
     return recipe, search.info.run_id
+
+
+def finished_candidates(experiment_id: str, key: str) -> list[Candidate]:
+    """The candidates that stopped searches of `key` finished, one per recipe (their scores; a reused
+    candidate's per-epoch history stays in its own run)."""
+    client = mlflow.MlflowClient()
+    searches = {run.info.run_id for run in client.search_runs([experiment_id], f"tags.{SEARCH_TAG} = '{key}'")}
+    runs = client.search_runs(
+        [experiment_id], f"tags.{CANDIDATE_TAG} = 'true' and attributes.status = 'FINISHED'", max_results=50000
+    )
+    found: list[Candidate] = []
+    for run in runs:
+        if run.data.tags.get("mlflow.parentRunId") not in searches:
+            continue
+        params, metrics = run.data.params, run.data.metrics
+        for recipe in recipes():
+            if all(params.get(k) == str(v) for k, v in recipe.items()) and recipe not in [c.recipe for c in found]:
+                found.append(Candidate(recipe, metrics["best_val_accuracy"], int(metrics["best_epoch"]), History()))
+    return sorted(found, key=lambda c: recipes().index(c.recipe))
 
 
 def summary_line(config: RunConfig, result: RunResult) -> str:

@@ -14,7 +14,7 @@ take the labeled subset, the unlabeled pool and the validation split, and nothin
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -45,11 +45,17 @@ def search_recipe(
     x_val: np.ndarray,
     y_val: np.ndarray,
     on_candidate: Callable[[Candidate], None] | None = None,
+    finished: Sequence[Candidate] = (),
 ) -> tuple[dict[str, object], list[Candidate]]:
     """Train every recipe of the grid on the given labeled subset (seed `SEARCH_SEED`) and return the
-    one with the best validation accuracy at its best epoch, with every candidate's result."""
+    one with the best validation accuracy at its best epoch, with every candidate's result. Recipes in
+    `finished` (a stopped search's; each candidate trains on its own, so they are what it would give) are
+    not trained again."""
     results = []
     for recipe in recipes():
+        if done := [c for c in finished if c.recipe == recipe]:
+            results.append(done[0])
+            continue
         candidate = replace(config, seed=SEARCH_SEED, select_epoch="best_validation", **recipe)
         models = build_models(
             candidate.method,

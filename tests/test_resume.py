@@ -36,8 +36,18 @@ def _histories(run_id, keys):
 )
 def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_float(store, tmp_path, method, keys):
     # one experiment: cnn_tuned's recipe search runs once and serves both runs
+    if method == "cnn_tuned":  # ... after a hard stop inside it, which it continues rather than starts again
+        stopped = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path, env={"SGAN_KILL_AFTER_CANDIDATE": "2"})
+        assert stopped.returncode == -9
     whole = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
+    if method == "cnn_tuned":
+        (search,) = mlflow.search_runs(experiment_names=["resume"], filter_string="tags.recipe_search = 'true'").run_id
+        candidates = mlflow.search_runs(
+            experiment_names=["resume"], filter_string=f"tags.mlflow.parentRunId = '{search}'"
+        )
+        assert sorted(candidates["tags.mlflow.runName"].str[-2:]) == ["-1", "-2", "-3", "-4"]  # none trained twice
+        assert set(candidates.status) == {"FINISHED"} and mlflow.get_run(search).info.status == "FINISHED"
     killed = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "2"})
     assert killed.returncode == -9  # SIGKILL: nothing of the process could react
     reference, run = _runs("resume", method)
