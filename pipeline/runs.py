@@ -28,8 +28,8 @@ from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_TAG
 from pipeline.store import (
-    carry_over_stop,
     check_tracking_uri,
+    continue_stopped_run,
     log_new_params,
     newest_run,
     record_stop,
@@ -104,9 +104,7 @@ def train_run(
     ) as run:
         try:
             if resume:
-                carry_over_stop(run)
-                if parent_run_id:  # nested under the sweep running it now, which closes it if it stops
-                    mlflow.set_tag("mlflow.parentRunId", parent_run_id)
+                continue_stopped_run(run, parent_run_id)
             log_run_inputs(config, dataset, indices)
             log_new_params(device)
             if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
@@ -288,9 +286,7 @@ def tuned_recipe(
     )
     with mlflow.start_run(experiment_id=experiment_id, **started_run) as search:
         if stopped:
-            carry_over_stop(search)
-            if parent_run_id:  # nested under the sweep running it now, as a resumed trial is
-                mlflow.set_tag("mlflow.parentRunId", parent_run_id)
+            continue_stopped_run(search, parent_run_id)
         for candidate in finished:
             done += 1
             report(candidate, reused=True)

@@ -88,14 +88,17 @@ def record_stop(err: BaseException) -> None:
         mlflow.end_run("KILLED")
 
 
-def carry_over_stop(run: mlflow.entities.Run) -> None:
-    """A resumed run is stopped no longer: the `error` tag its stop left moves to `earlier_stops` (one line
-    per stop it came back from), so that a run resumed to the end is FINISHED without an error."""
+def continue_stopped_run(run: mlflow.entities.Run, parent_run_id: str | None) -> None:
+    """For the active run `run`, resumed after a stop: the `error` tag its stop left moves to `earlier_stops`
+    (one line per stop it came back from), so that a run resumed to the end is FINISHED without an error;
+    and it is nested under the sweep running it now (if any), whose stop then closes it."""
     error = run.data.tags.get("error")
     if error:
         earlier = run.data.tags.get(STOPS_TAG)
         mlflow.set_tag(STOPS_TAG, (f"{earlier}\n{error}" if earlier else error)[-5000:])
         mlflow.delete_tag("error")
+    if parent_run_id:
+        mlflow.set_tag("mlflow.parentRunId", parent_run_id)
 
 
 def register_classifier(model_id: str, name: str, tags: dict[str, object], alias: str | None = None) -> str:
