@@ -285,37 +285,41 @@ def tuned_recipe(
         else {"run_name": name, "parent_run_id": parent_run_id, "tags": {SEARCH_TAG: key, "recipe_search": "true"}}
     )
     with mlflow.start_run(experiment_id=experiment_id, **started_run) as search:
-        if stopped:
-            continue_stopped_run(search, parent_run_id)
-        for candidate in finished:
-            done += 1
-            report(candidate, reused=True)
-        log_new_params(
-            {
-                "labels": config.labels,
-                "dataset": config.dataset,
-                "protocol": config.protocol,
-                "precision": config.precision,
-                "architecture": config.architecture,
-                "search_space": json.dumps(TUNED_SEARCH_SPACE),
-                "search_seed": SEARCH_SEED,
-                "max_epochs": config.train_epochs,
-                **data_params(dataset),
-            }
-        )
-        recipe, candidates = search_recipe(
-            config,
-            dataset.x_train[indices],
-            dataset.y_train[indices],
-            dataset.x_train[dataset.pool],
-            *_validation(dataset),
-            on_candidate,
-            finished,
-        )
-        table = [{**c.recipe, "best_val_accuracy": c.score, "best_epoch": c.best_epoch} for c in candidates]
-        mlflow.log_dict({"candidates": table, "chosen": recipe}, "search.json")
-        mlflow.log_param("chosen_recipe", json.dumps(recipe))
-        mlflow.log_metric("best_val_accuracy", max(c.score for c in candidates))
+        try:
+            if stopped:
+                continue_stopped_run(search, parent_run_id)
+            for candidate in finished:
+                done += 1
+                report(candidate, reused=True)
+            log_new_params(
+                {
+                    "labels": config.labels,
+                    "dataset": config.dataset,
+                    "protocol": config.protocol,
+                    "precision": config.precision,
+                    "architecture": config.architecture,
+                    "search_space": json.dumps(TUNED_SEARCH_SPACE),
+                    "search_seed": SEARCH_SEED,
+                    "max_epochs": config.train_epochs,
+                    **data_params(dataset),
+                }
+            )
+            recipe, candidates = search_recipe(
+                config,
+                dataset.x_train[indices],
+                dataset.y_train[indices],
+                dataset.x_train[dataset.pool],
+                *_validation(dataset),
+                on_candidate,
+                finished,
+            )
+            table = [{**c.recipe, "best_val_accuracy": c.score, "best_epoch": c.best_epoch} for c in candidates]
+            mlflow.log_dict({"candidates": table, "chosen": recipe}, "search.json")
+            mlflow.log_param("chosen_recipe", json.dumps(recipe))
+            mlflow.log_metric("best_val_accuracy", max(c.score for c in candidates))
+        except BaseException as err:  # a stop ends the search KILLED, a failure FAILED; both say why
+            record_stop(err)
+            raise
     return recipe, search.info.run_id
 
 

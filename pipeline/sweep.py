@@ -165,6 +165,8 @@ class TrialProcesses:
                         watch()
                         watched = time.monotonic()
             watch()
+            if self.stopping:  # ended by the sweep's stop: nothing to settle, the stop closes what it left open
+                raise KeyboardInterrupt("the sweep is stopping")
             return subprocess.CompletedProcess(command, code)
         except BaseException:  # a stop (or an interrupt in this thread): stop the trial too
             _terminate([process])
@@ -256,9 +258,11 @@ def run_trial(
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_RUN_ID"}  # not the parent's run
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     command = trial_command(config, parent_run_id) + (["--resume", resume] if resume else [])
-    with open(log.path, "w") as handle:
-        code = RUNNING.run(command, log.watch, should_stop, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    log.upload()
+    try:
+        with open(log.path, "w") as handle:
+            code = RUNNING.run(command, log.watch, should_stop, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    finally:
+        log.upload()  # a stopped trial's last lines too
     return settle(trial, experiment_id, parent_run_id, code.returncode, resume, started, lambda: _last_error(log.path))
 
 
@@ -272,7 +276,8 @@ def settle(
     last_words: Callable[[], str],
 ) -> Outcome:
     """The outcome of a trial whose process ended with `returncode`, as MLflow records it; a run the
-    trial left RUNNING (killed hard), or never created, is recorded FAILED with the error."""
+    trial left RUNNING (killed hard), or never created, is recorded FAILED with the error. (A trial the
+    sweep's own stop ended is not settled: the stop closes what it left open, KILLED.)"""
     config = trial.config
     if resume:
         run = mlflow.get_run(resume)

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from pipeline.owner import is_abandoned, process_identity
+from pipeline.schema import CANDIDATE_TAG
 from pipeline.sweep import close_unfinished_runs
 
 from .conftest import cli
@@ -169,3 +170,34 @@ def test_only_a_process_gone_from_this_host_counts_as_abandoning_its_sweep():
     assert is_abandoned(f"{host} {pid} {float(started) - 100:.2f}")  # the pid now runs another process
     assert not is_abandoned(f"another-host {sleeper.pid} {identity.split(' ')[2]}")  # not checkable here
     assert not is_abandoned("")  # a sweep run older than the tag
+
+
+def test_a_sweep_stopped_during_a_recipe_search_ends_the_search_killed_and_invents_no_trial_run(store, tmp_path):
+    """A `cnn_tuned` trial stopped while it searches its recipe has no run of its own yet: its search ends
+    KILLED with the signal as its error, its finished candidates are kept, and no FAILED stand-in is made."""
+    args = [*SWEEP, "--methods", "cnn_tuned", "--labels", "20", "--seeds", "0", "--epochs", "40"]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args, "--experiment", "stop-search"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    finished = f"tags.{CANDIDATE_TAG} = 'true' and attributes.status = 'FINISHED'"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until the search has finished its first candidate
+        if mlflow.get_experiment_by_name("stop-search") and len(
+            mlflow.search_runs(experiment_names=["stop-search"], filter_string=finished)
+        ):
+            break
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["stop-search"])
+    search = runs[runs["tags.recipe_search"] == "true"]
+    assert list(search.status) == ["KILLED"] and list(search["tags.error"]) == ["Stopped: SIGTERM"]
+    candidates = runs[runs[f"tags.{CANDIDATE_TAG}"] == "true"]
+    assert 1 <= len(candidates) < 4 and set(candidates.status) == {"FINISHED"}
+    assert _trial_runs("stop-search").empty  # the trial never reached its own run: nothing stands in for it
+    assert list(_parents("stop-search").status) == ["KILLED"]
