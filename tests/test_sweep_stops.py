@@ -12,7 +12,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import psutil
-import pytest
 
 from pipeline.owner import is_abandoned, process_identity
 from pipeline.schema import CANDIDATE_TAG
@@ -102,9 +101,9 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running(store, tmp_path, signum):
-    """What `kill`, `timeout`, systemd or a scheduler do: signal the sweep's process only."""
+def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running(store, tmp_path):
+    """What `kill`, `timeout`, systemd or a scheduler do: signal the sweep's process only. (SIGINT to the
+    sweep alone: test_a_sweep_stopped_during_a_recipe_search_...; to its whole group: test_ctrl_c_...)"""
     args = [*SWEEP, "--methods", "sgan", "--labels", "10", "--seeds", "0,1", "--epochs", "50", "--experiment", "stop"]
     sweep = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args],
@@ -127,14 +126,16 @@ def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running
         time.sleep(1)
     log = mlflow.artifacts.load_text(f"runs:/{parent}/trial_logs/sgan-stacked-digits-L10-s0.log")
     assert "epoch 1/50 done at" in log
-    sweep.send_signal(signum)
+    sweep.send_signal(signal.SIGTERM)
     _, stderr = sweep.communicate(timeout=300)
-    assert sweep.returncode == 128 + signum, stderr[-3000:]
-    assert f"stopped by {signal.Signals(signum).name}" in stderr and "run the same command again" in stderr
+    assert sweep.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr and "run the same command again" in stderr
     assert _processes_mentioning(parent) == []  # no orphan trial
     statuses = set(mlflow.search_runs(experiment_names=["stop"]).status)
     assert statuses == {"KILLED"}  # the parent and the running trial; the second trial never started
     assert len(_trial_runs("stop")) == 1
+    log = mlflow.artifacts.load_text(f"runs:/{parent}/trial_logs/sgan-stacked-digits-L10-s0.log")
+    assert "stopped by SIGTERM: the run is marked KILLED" in log  # the trial's last words reach the sweep run
 
 
 def test_a_stopped_sweep_closes_every_run_left_open_under_it_and_nothing_else(store):
@@ -173,8 +174,9 @@ def test_only_a_process_gone_from_this_host_counts_as_abandoning_its_sweep():
 
 
 def test_a_sweep_stopped_during_a_recipe_search_ends_the_search_killed_and_invents_no_trial_run(store, tmp_path):
-    """A `cnn_tuned` trial stopped while it searches its recipe has no run of its own yet: its search ends
-    KILLED with the signal as its error, its finished candidates are kept, and no FAILED stand-in is made."""
+    """SIGINT to the sweep alone while a `cnn_tuned` trial searches its recipe (it has no run of its own yet):
+    the sweep stops the trial, whose search ends KILLED with the stop as its error; its finished candidates are
+    kept, and no FAILED stand-in is made for the trial."""
     args = [*SWEEP, "--methods", "cnn_tuned", "--labels", "20", "--seeds", "0", "--epochs", "40"]
     sweep = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *args, "--experiment", "stop-search"],
@@ -191,11 +193,14 @@ def test_a_sweep_stopped_during_a_recipe_search_ends_the_search_killed_and_inven
         ):
             break
         time.sleep(0.5)
-    sweep.send_signal(signal.SIGTERM)
+    parent = _parents("stop-search").run_id.iloc[0]
+    sweep.send_signal(signal.SIGINT)
     _, stderr = sweep.communicate(timeout=300)
-    assert sweep.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert sweep.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "stopped by SIGINT" in stderr and "run the same command again" in stderr
+    assert _processes_mentioning(parent) == []  # no orphan trial
     runs = mlflow.search_runs(experiment_names=["stop-search"])
-    search = runs[runs["tags.recipe_search"] == "true"]
+    search = runs[runs["tags.recipe_search"] == "true"]  # the sweep stops its trials with SIGTERM
     assert list(search.status) == ["KILLED"] and list(search["tags.error"]) == ["Stopped: SIGTERM"]
     candidates = runs[runs[f"tags.{CANDIDATE_TAG}"] == "true"]
     assert 1 <= len(candidates) < 4 and set(candidates.status) == {"FINISHED"}
