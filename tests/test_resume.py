@@ -17,11 +17,6 @@ def _runs(experiment, method="cnn"):
     return sorted(runs, key=lambda run: run.info.start_time)
 
 
-def _only_run(experiment, method="cnn"):
-    (run,) = _runs(experiment, method)
-    return run
-
-
 def _histories(run_id, keys):
     client = mlflow.MlflowClient()
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
@@ -53,8 +48,15 @@ def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_floa
     reference, run = _runs("resume", method)
     assert run.info.status == "RUNNING"  # what a hard stop leaves; the resume ends it properly
     assert [s for s, _ in _histories(run.info.run_id, ["test_accuracy"])["test_accuracy"]] == [1, 2]
-    resumed = cli(method, *RUN, "--resume", run.info.run_id, cwd=tmp_path)
+    run_id = run.info.run_id  # refused before any training: other settings, an unknown run, later a finished one
+    other = refused(method, *RUN, "--labels", "30", "--resume", run_id, cwd=tmp_path)
+    assert other.returncode == 2 and f"resume={run_id}: that run was made with another configuration" in other.stderr
+    missing = refused(method, *RUN, "--resume", "0123456789abcdef0123456789abcdef", cwd=tmp_path)
+    assert missing.returncode == 2 and "no such run" in missing.stderr
+    resumed = cli(method, *RUN, "--resume", run_id, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = refused(method, *RUN, "--resume", run_id, cwd=tmp_path)
+    assert again.returncode == 2 and "already FINISHED" in again.stderr
     after = mlflow.get_run(run.info.run_id)
     assert after.info.status == "FINISHED" and [r.info.run_id for r in _runs("resume", method)][1:] == [run.info.run_id]
     assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="checkpoint") == []  # pruned
@@ -66,17 +68,3 @@ def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_floa
     for name in ("final_test_accuracy", "final_test_accuracy_ema", "selected_epoch"):
         assert after.data.metrics[name] == reference.data.metrics[name], name
     assert after.data.metrics["wall_seconds"] > after.data.metrics["train_seconds"]  # both over all its processes
-
-
-def test_resume_refuses_other_settings_and_finished_runs(store, tmp_path):
-    killed = cli("cnn", *RUN, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})
-    assert killed.returncode == -9
-    run_id = _only_run("digits-smoke").info.run_id
-    other = refused("cnn", *RUN, "--labels", "30", "--resume", run_id, cwd=tmp_path)
-    assert other.returncode == 2 and f"resume={run_id}: that run was made with another configuration" in other.stderr
-    done = cli("cnn", *RUN, "--resume", run_id, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    again = refused("cnn", *RUN, "--resume", run_id, cwd=tmp_path)
-    assert again.returncode == 2 and "already FINISHED" in again.stderr
-    missing = refused("cnn", *RUN, "--resume", "0123456789abcdef0123456789abcdef", cwd=tmp_path)
-    assert missing.returncode == 2 and "no such run" in missing.stderr
