@@ -51,8 +51,9 @@ class Outcome:
     run_id: str | None
     final_test_accuracy: float | None
     reused: bool
-    seconds: float
+    seconds: float  # the trial's whole training run: a resumed trial's earlier processes included
     error: str | None = None
+    resumed: bool = False  # continued from a checkpoint a stopped sweep left
 
 
 def plan_trials(
@@ -287,6 +288,8 @@ def settle(
     if returncode == 0 and run is not None and run.info.status == "FINISHED":
         outcome.status, outcome.run_id = "FINISHED", run.info.run_id
         outcome.final_test_accuracy = run.data.metrics.get("final_test_accuracy")
+        if resume:  # this process did the last part only; the arm's ETA needs the whole
+            outcome.resumed, outcome.seconds = True, run.data.metrics.get("wall_seconds", outcome.seconds)
         return outcome
     killed = f"killed by {signal.Signals(-returncode).name}, its last line: " if returncode < 0 else ""
     outcome.error = (run.data.tags.get("error") if run else None) or killed + last_words()
@@ -374,6 +377,7 @@ class Progress:
             else:
                 what = f"FAILED: {outcome.error}"
             took = "" if outcome.reused else f" in {_clock(outcome.seconds)}"
+            took += " in all (resumed)" if outcome.resumed else ""
             elapsed = _clock(time.perf_counter() - self.started)
             print(f"[{self.done}/{self.total}] {outcome.name}: {what}{took} | elapsed {elapsed}, {self.eta(remaining)}")
             sys.stdout.flush()

@@ -2,6 +2,7 @@
 (Apart from test_sweep.py so that the two long groups run in parallel under pytest-xdist.)"""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,6 +77,9 @@ def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_kill
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Closed sweep run {abandoned.run_id}, left RUNNING by a sweep killed hard" in again.stdout
+    assert re.search(
+        r"\[1/1\] cnn-digits-L10-s0: finished, test accuracy 0\.\d+ in \d+m\d\ds in all \(resumed\)", again.stdout
+    )
     closed = mlflow.get_run(abandoned.run_id)
     assert closed.info.status == "KILLED" and "ended without closing it (killed hard)" in closed.data.tags["error"]
     assert mlflow.get_run(live.info.run_id).info.status == "RUNNING"
@@ -88,6 +92,9 @@ def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_kill
     assert tags["mlflow.parentRunId"] == _parents("halfway").run_id.iloc[-1]  # the sweep that finished it
     history = mlflow.MlflowClient().get_metric_history(run.run_id, "test_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
+    (outcome,) = mlflow.artifacts.load_dict(f"runs:/{tags['mlflow.parentRunId']}/trials.json")["trials"]
+    whole = mlflow.get_run(run.run_id).data.metrics["wall_seconds"]  # all three processes' training
+    assert outcome["resumed"] and outcome["seconds"] == whole  # what the arm's ETA is made of
 
 
 def _processes_mentioning(text: str) -> list[int]:
