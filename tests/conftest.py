@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -112,6 +113,28 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
         env={**os.environ, **(env or {})},
         timeout=600,
     )
+
+
+def started(*args: str, cwd: Path, own_group: bool = False) -> subprocess.Popen:
+    """`python -m pipeline ...` started in a fresh process and left running, to be signalled while it works
+    (`own_group`: in a process group of its own, like a terminal's foreground job)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        start_new_session=own_group,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300, poll: float = 1.0) -> None:
+    """Poll `condition` until it holds; fail, naming `what`, if it does not within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
 
 
 def refused(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):

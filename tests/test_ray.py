@@ -4,16 +4,14 @@ failure records and stops as the local executor, through SQLite and through a re
 import signal
 import subprocess
 import sys
-import time
 
 import mlflow
-import pandas as pd
 import pytest
 
 from pipeline.config import ConfigError
 from pipeline.ray_executor import check_tracking_for_cluster
 
-from .conftest import assert_nothing_lost, cli, refused
+from .conftest import assert_nothing_lost, cli, refused, started, wait_until
 from .test_sweep import _parents, _trial_runs
 from .test_sweep_stops import _processes_mentioning
 
@@ -52,20 +50,13 @@ def test_a_ray_sweep_nests_every_trial_records_a_failure_loses_nothing_and_a_rer
 
 def test_sigterm_to_a_ray_sweep_stops_its_trials_and_leaves_nothing_running(store, tmp_path):
     args = [*RAY_SWEEP, "--methods", "sgan", "--labels", "10,20", "--seeds", "0", "--epochs", "60"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args, "--experiment", "ray-stop"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:  # until both trials (2 CPUs) have logged an epoch
-        runs = _trial_runs("ray-stop") if mlflow.get_experiment_by_name("ray-stop") else pd.DataFrame()
-        client = mlflow.MlflowClient()
-        if len(runs) == 2 and all(client.get_metric_history(r, "test_accuracy") for r in runs.run_id):
-            break
-        time.sleep(1)
+    sweep = started(*args, "--experiment", "ray-stop", cwd=tmp_path)
+
+    def both_logged_an_epoch() -> bool:  # both trials run at once (2 CPUs)
+        runs, client = _trial_runs("ray-stop"), mlflow.MlflowClient()
+        return len(runs) == 2 and all(client.get_metric_history(r, "test_accuracy") for r in runs.run_id)
+
+    wait_until(both_logged_an_epoch, "both trials' first epoch")
     parent = _parents("ray-stop").run_id.iloc[0]
     assert len(_processes_mentioning(parent)) == 2, "both trial processes should be running"
     sweep.send_signal(signal.SIGTERM)

@@ -16,8 +16,8 @@ FAILING = "cnn-digits-L10-s0"  # the trial the shared sweep makes fail
 
 
 def _trial_runs(experiment="digits-smoke") -> pd.DataFrame:
-    runs = mlflow.search_runs(experiment_names=[experiment])
-    if "tags.method" not in runs:  # none yet, or only the parent run
+    runs = mlflow.search_runs(experiment_names=[experiment]) if mlflow.get_experiment_by_name(experiment) else {}
+    if "tags.method" not in runs:  # no experiment yet, no run yet, or only the parent run
         return pd.DataFrame(columns=["run_id", "status", "tags.method"])
     return runs[runs["tags.method"].notna()]
 

@@ -11,33 +11,20 @@ import time
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import psutil
 
 from pipeline.owner import is_abandoned, process_identity
 from pipeline.schema import CANDIDATE_TAG
 from pipeline.sweep import close_unfinished_runs
 
-from .conftest import cli
+from .conftest import cli, started, wait_until
 from .test_sweep import SWEEP, _parents, _trial_runs
 
 
 def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_path):
     args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0,1,2", "--experiment", "interrupted"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait for the first trial to finish, then press Ctrl-C
-        runs = _trial_runs("interrupted") if mlflow.get_experiment_by_name("interrupted") else pd.DataFrame()
-        if not runs.empty and (runs.status == "FINISHED").any():
-            break
-        time.sleep(1)
+    sweep = started(*args, cwd=tmp_path, own_group=True)
+    wait_until(lambda: (_trial_runs("interrupted").status == "FINISHED").any(), "the first trial to finish")
     os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
     _, stderr = sweep.communicate(timeout=300)
     assert sweep.returncode == 130, stderr[-3000:]
@@ -112,19 +99,13 @@ def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running
     """What `kill`, `timeout`, systemd or a scheduler do: signal the sweep's process only. (SIGINT to the
     sweep alone: test_a_sweep_stopped_during_a_recipe_search_...; to its whole group: test_ctrl_c_...)"""
     args = [*SWEEP, "--methods", "sgan", "--labels", "10", "--seeds", "0,1", "--epochs", "50", "--experiment", "stop"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until the first trial has logged an epoch
-        runs = _trial_runs("stop") if mlflow.get_experiment_by_name("stop") else pd.DataFrame()
-        if not runs.empty and mlflow.MlflowClient().get_metric_history(runs.run_id.iloc[0], "test_accuracy"):
-            break
-        time.sleep(1)
+    sweep = started(*args, cwd=tmp_path)
+
+    def first_epoch_logged() -> bool:
+        runs = _trial_runs("stop")
+        return not runs.empty and bool(mlflow.MlflowClient().get_metric_history(runs.run_id.iloc[0], "test_accuracy"))
+
+    wait_until(first_epoch_logged, "the first trial's first epoch")
     parent = _parents("stop").run_id.iloc[0]
     assert _processes_mentioning(parent), "the trial process should be running"
     for _ in range(60):  # the running trial's log reaches the parent run while it runs
@@ -185,21 +166,16 @@ def test_a_sweep_stopped_during_a_recipe_search_ends_the_search_killed_and_inven
     the sweep stops the trial, whose search ends KILLED with the stop as its error; its finished candidates are
     kept, and no FAILED stand-in is made for the trial."""
     args = [*SWEEP, "--methods", "cnn_tuned", "--labels", "20", "--seeds", "0", "--epochs", "40"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args, "--experiment", "stop-search"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sweep = started(*args, "--experiment", "stop-search", cwd=tmp_path)
     finished = f"tags.{CANDIDATE_TAG} = 'true' and attributes.status = 'FINISHED'"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until the search has finished its first candidate
-        if mlflow.get_experiment_by_name("stop-search") and len(
-            mlflow.search_runs(experiment_names=["stop-search"], filter_string=finished)
-        ):
-            break
-        time.sleep(0.5)
+    wait_until(
+        lambda: (
+            mlflow.get_experiment_by_name("stop-search")
+            and len(mlflow.search_runs(experiment_names=["stop-search"], filter_string=finished))
+        ),
+        "the search's first candidate",
+        poll=0.5,
+    )
     parent = _parents("stop-search").run_id.iloc[0]
     sweep.send_signal(signal.SIGINT)
     _, stderr = sweep.communicate(timeout=300)
