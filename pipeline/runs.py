@@ -255,27 +255,32 @@ def tuned_recipe(
     )
     suffix = "" if config.architecture == "mlm" else f"-{config.architecture}"
     name = f"cnn_tuned-search{suffix}-{config.dataset}-L{config.labels}"
-    done = 0
+    done, clock = 0, 0.0
 
-    def report(candidate: Candidate, reused: bool = False) -> None:
+    def report(candidate: Candidate, seconds: float | None = None) -> None:
+        """One line per candidate, with how long it trained: about what a trial of its recipe takes, which a
+        sweep reads for its ETA."""
         if verbose:
             chosen = ", ".join(f"{k}={v}" for k, v in candidate.recipe.items())
+            took = f", {seconds:.0f} s" if seconds is not None else " (reused from the stopped search)"
             print(
                 f"search {done}/{len(recipes())}: {chosen}: best validation accuracy {candidate.score:.4f} at epoch "
-                f"{candidate.best_epoch}{' (reused from the stopped search)' if reused else ''}",
+                f"{candidate.best_epoch}{took}",
                 flush=True,
             )
 
     def on_candidate(candidate: Candidate) -> None:
-        nonlocal done
+        nonlocal done, clock
         done += 1
+        seconds, clock = time.perf_counter() - clock, time.perf_counter()
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=f"{name}-{done}", nested=True, tags={CANDIDATE_TAG: "true"}
         ):
             mlflow.log_params({**candidate.recipe, "num_epochs": config.train_epochs, "search_seed": SEARCH_SEED})
             log_epoch_metrics(candidate.history, range(1, config.train_epochs + 1))
-            mlflow.log_metrics({"best_val_accuracy": candidate.score, "best_epoch": candidate.best_epoch})
-        report(candidate)
+            metrics = {"best_val_accuracy": candidate.score, "best_epoch": candidate.best_epoch}
+            mlflow.log_metrics({**metrics, "train_seconds": seconds})
+        report(candidate, seconds)
         if os.environ.get("SGAN_KILL_AFTER_CANDIDATE") == str(done):  # tests: a hard stop inside the search
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -290,7 +295,7 @@ def tuned_recipe(
                 continue_stopped_run(search, parent_run_id)
             for candidate in finished:
                 done += 1
-                report(candidate, reused=True)
+                report(candidate)
             log_new_params(
                 {
                     "labels": config.labels,
@@ -304,6 +309,7 @@ def tuned_recipe(
                     **data_params(dataset),
                 }
             )
+            clock = time.perf_counter()
             recipe, candidates = search_recipe(
                 config,
                 dataset.x_train[indices],

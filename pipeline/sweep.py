@@ -129,6 +129,7 @@ WATCH_SECONDS = 10  # how often a running trial's log is read
 POLL_SECONDS = 1.0  # how often a running trial is checked for its end and for a stop
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) done at ([\d.]+)s: (.*)$", re.MULTILINE)  # printed by fit
 SEARCH_LINE = re.compile(r"^search (\d+)/(\d+): (.*)$", re.MULTILINE)  # printed by cnn_tuned's recipe search
+CANDIDATE_SECONDS = re.compile(r", (\d+) s$")  # a search line's candidate's training time (not a reused one's)
 # What a running trial reports: ("epoch", epoch, epochs, seconds into training, figures) or
 # ("search", candidates done, candidates, the last one's result).
 ProgressEvent = tuple[str | int | float, ...]
@@ -321,6 +322,7 @@ class Progress:
         self.done, self.started = 0, time.perf_counter()
         self.durations: dict[str, list[float]] = {}
         self.running: dict[str, tuple[str, float, float]] = {}  # name -> (arm, elapsed, projected total)
+        self.candidates: dict[str, list[float]] = {}  # arm -> its recipe searches' candidate durations
         self.lock = threading.Lock()
 
     def _left(self, trial: Trial) -> float | None:
@@ -330,7 +332,7 @@ class Progress:
             _, elapsed, total = self.running[name]
             return max(total - elapsed, 0.0)
         projected = [total for m, _, total in self.running.values() if m == method]
-        measured = self.durations.get(method) or projected
+        measured = self.durations.get(method) or self.candidates.get(method) or projected  # a trial ~ a candidate
         return _mean(measured) if measured else None
 
     def eta(self, remaining: list[Trial]) -> str:
@@ -344,11 +346,20 @@ class Progress:
         kind, *values = event
         if kind == "epoch":
             self.epoch(trial, *values, remaining)
-        elif self.verbose:
-            done, total, result = values
-            with self.lock:
-                name, eta = trial.config.run_name, self.eta(remaining)
-                print(f"    {name}: recipe search {done}/{total}: {result} | sweep {eta}", flush=True)
+        else:
+            self.search(trial, *values, remaining)
+
+    def search(self, trial: Trial, done: int, total: int, result: str, remaining: list[Trial]) -> None:
+        """A running trial's recipe search finished candidate `done` of `total`: what is left of the trial is
+        the search's other candidates, then its own training, about one candidate's time."""
+        with self.lock:
+            name, arm = trial.config.run_name, trial.config.arm
+            if seconds := CANDIDATE_SECONDS.search(result):
+                self.candidates.setdefault(arm, []).append(float(seconds.group(1)))
+            if arm in self.candidates:
+                self.running[name] = (arm, 0.0, (total - done + 1) * _mean(self.candidates[arm]))
+            if self.verbose:
+                print(f"    {name}: recipe search {done}/{total}: {result} | sweep {self.eta(remaining)}", flush=True)
 
     def epoch(self, trial: Trial, epoch: int, total: int, seconds: float, figures: str, remaining: list[Trial]):
         """A running trial finished an epoch `seconds` into its training."""

@@ -167,8 +167,10 @@ def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search_nested
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _trial_runs("one-search")
     assert len(runs) == 2 and set(runs.status) == {"FINISHED"}
-    # the search's progress reaches the sweep's console, one line per candidate
-    assert re.search(r"cnn_tuned-digits-L20-s\d: recipe search [1-4]/4: learning_rate=", result.stdout), result.stdout
+    # the search's progress reaches the sweep's console, one line per candidate with its training time, from
+    # which the sweep projects its ETA (a trial trains about as long as a candidate)
+    line = r"cnn_tuned-digits-L20-s\d: recipe search [1-4]/4: learning_rate=[^\n]*, \d+ s \| sweep ETA \d"
+    assert re.search(line, result.stdout), result.stdout
     search = mlflow.search_runs(experiment_names=["one-search"], filter_string="tags.recipe_search = 'true'")
     assert len(search) == 1  # not one per trial
     (search_id,) = search.run_id
@@ -179,3 +181,4 @@ def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search_nested
         experiment_names=["one-search"], filter_string=f"tags.mlflow.parentRunId = '{search_id}'"
     )
     assert len(candidates) == 4 and set(candidates.status) == {"FINISHED"}
+    assert (candidates["metrics.train_seconds"] > 0).all()
