@@ -32,9 +32,9 @@ from pipeline.store import (
     continue_stopped_run,
     log_new_params,
     newest_run,
-    record_stop,
     register_classifier,
     run_destination,
+    stops_recorded,
 )
 from pipeline.tracking import (
     data_params,
@@ -99,80 +99,78 @@ def train_run(
     latent = latent.astype(np.float32)
 
     started_run = {"run_id": resume} if resume else {"run_name": config.run_name, "parent_run_id": parent_run_id}
-    with mlflow.start_run(
-        experiment_id=experiment_id, tags=tags, log_system_metrics=system_metrics or None, **started_run
-    ) as run:
-        try:
-            if resume:
-                continue_stopped_run(run, parent_run_id)
-            log_run_inputs(config, dataset, indices)
-            log_new_params(device)
-            if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
-                raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
-            started = time.perf_counter()
-            models = build_models(
-                config.method,
-                config.variant,
-                dataset.num_classes,
-                config.latent_dim,
-                config.seed,
-                config.precision,
-                config.architecture,
-            )
-            trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train[dataset.pool])
-            state = restore_checkpoint(run.info.run_id, trainer) if resume else None
-            if state is not None:  # epochs the checkpoint holds but a hard stop kept from the store
-                logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")}
-                log_epoch_metrics(state.history, [e for e in range(1, state.epoch + 1) if e not in logged])
-                started -= state.history.seconds  # the run's wall time counts its earlier processes' training
-            if verbose and resume:
-                print(f"Resuming run {resume} after epoch {state.epoch if state else 0}", flush=True)
+    with (
+        mlflow.start_run(
+            experiment_id=experiment_id, tags=tags, log_system_metrics=system_metrics or None, **started_run
+        ) as run,
+        stops_recorded(),
+    ):
+        if resume:
+            continue_stopped_run(run, parent_run_id)
+        log_run_inputs(config, dataset, indices)
+        log_new_params(device)
+        if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
+            raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
+        started = time.perf_counter()
+        models = build_models(
+            config.method,
+            config.variant,
+            dataset.num_classes,
+            config.latent_dim,
+            config.seed,
+            config.precision,
+            config.architecture,
+        )
+        trainer = make_trainer(config, models, x_labeled, y_labeled, dataset.x_train[dataset.pool])
+        state = restore_checkpoint(run.info.run_id, trainer) if resume else None
+        if state is not None:  # epochs the checkpoint holds but a hard stop kept from the store
+            logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")}
+            log_epoch_metrics(state.history, [e for e in range(1, state.epoch + 1) if e not in logged])
+            started -= state.history.seconds  # the run's wall time counts its earlier processes' training
+        if verbose and resume:
+            print(f"Resuming run {resume} after epoch {state.epoch if state else 0}", flush=True)
 
-            def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-                if config.method == "sgan":
-                    log_epoch_image(epoch, image_grid(trainer.generate(latent), config.grid_size))
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            if config.method == "sgan":
+                log_epoch_image(epoch, image_grid(trainer.generate(latent), config.grid_size))
 
-            def on_checkpoint(state: FitState) -> None:
-                mlflow.flush_async_logging()
-                with tempfile.TemporaryDirectory() as folder:
-                    checkpoint.save(Path(folder), trainer, state, config_fingerprint)
-                    mlflow.log_artifacts(folder, CHECKPOINT_DIR)
-                log_epoch_metrics(state.history, range(state.epoch, state.epoch + 1))
-                kill_epoch, _, scope = os.environ.get("SGAN_KILL_AFTER_EPOCH", "").partition(":")
-                if kill_epoch == str(state.epoch):  # tests: a hard stop, for real, of this run or ("N:group") its group
-                    os.killpg(0, signal.SIGKILL) if scope == "group" else os.kill(os.getpid(), signal.SIGKILL)
+        def on_checkpoint(state: FitState) -> None:
+            mlflow.flush_async_logging()
+            with tempfile.TemporaryDirectory() as folder:
+                checkpoint.save(Path(folder), trainer, state, config_fingerprint)
+                mlflow.log_artifacts(folder, CHECKPOINT_DIR)
+            log_epoch_metrics(state.history, range(state.epoch, state.epoch + 1))
+            kill_epoch, _, scope = os.environ.get("SGAN_KILL_AFTER_EPOCH", "").partition(":")
+            if kill_epoch == str(state.epoch):  # tests: a hard stop, for real, of this run or ("N:group") its group
+                os.killpg(0, signal.SIGKILL) if scope == "group" else os.kill(os.getpid(), signal.SIGKILL)
 
-            history = fit(trainer, splits, on_epoch_end, verbose, state, on_checkpoint)
-            result = RunResult(
-                run_id=run.info.run_id,
-                experiment=config.experiment,
-                final_test_accuracy=history.chosen("test_accuracy"),
-                seconds=time.perf_counter() - started,
-                steps_per_second=history.steps / history.seconds,
-                models=models,
-            )
-            mlflow.log_metrics(
-                {
-                    "train_seconds": history.seconds,
-                    "wall_seconds": result.seconds,
-                    "steps_per_second": result.steps_per_second,
-                }
-            )
-            final = final_metrics(history)
-            predicted = trainer.predictions(dataset.x_test)
-            final |= log_confusion(dataset.y_test, predicted, dataset.num_classes, f"{config.run_name}, test split")
-            described = model_params(config)
-            model_ids = log_models(models, dataset.x_test, latent, described)
-            log_final_metrics(final, model_ids)
-            mlflow.set_tag("mlflow.note.content", describe_run(config, final, history.selected[""]))
-            if register_model:
-                version = register_classifier(model_ids["classifier"], register_model, described)
-                print(f"Registered the classifier as {register_model} version {version}", flush=True)
-            drop_checkpoint(run.info.artifact_uri)
-        except BaseException as err:
-            mlflow.flush_async_logging()  # what was logged before a failure is kept
-            record_stop(err)
-            raise
+        history = fit(trainer, splits, on_epoch_end, verbose, state, on_checkpoint)
+        result = RunResult(
+            run_id=run.info.run_id,
+            experiment=config.experiment,
+            final_test_accuracy=history.chosen("test_accuracy"),
+            seconds=time.perf_counter() - started,
+            steps_per_second=history.steps / history.seconds,
+            models=models,
+        )
+        mlflow.log_metrics(
+            {
+                "train_seconds": history.seconds,
+                "wall_seconds": result.seconds,
+                "steps_per_second": result.steps_per_second,
+            }
+        )
+        final = final_metrics(history)
+        predicted = trainer.predictions(dataset.x_test)
+        final |= log_confusion(dataset.y_test, predicted, dataset.num_classes, f"{config.run_name}, test split")
+        described = model_params(config)
+        model_ids = log_models(models, dataset.x_test, latent, described)
+        log_final_metrics(final, model_ids)
+        mlflow.set_tag("mlflow.note.content", describe_run(config, final, history.selected[""]))
+        if register_model:
+            version = register_classifier(model_ids["classifier"], register_model, described)
+            print(f"Registered the classifier as {register_model} version {version}", flush=True)
+        drop_checkpoint(run.info.artifact_uri)
         mlflow.flush_async_logging()
     if verbose:
         print(summary_line(config, result), flush=True)
@@ -289,43 +287,39 @@ def tuned_recipe(
         if stopped
         else {"run_name": name, "parent_run_id": parent_run_id, "tags": {SEARCH_TAG: key, "recipe_search": "true"}}
     )
-    with mlflow.start_run(experiment_id=experiment_id, **started_run) as search:
-        try:
-            if stopped:
-                continue_stopped_run(search, parent_run_id)
-            for candidate in finished:
-                done += 1
-                report(candidate)
-            log_new_params(
-                {
-                    "labels": config.labels,
-                    "dataset": config.dataset,
-                    "protocol": config.protocol,
-                    "precision": config.precision,
-                    "architecture": config.architecture,
-                    "search_space": json.dumps(TUNED_SEARCH_SPACE),
-                    "search_seed": SEARCH_SEED,
-                    "max_epochs": config.train_epochs,
-                    **data_params(dataset),
-                }
-            )
-            clock = time.perf_counter()
-            recipe, candidates = search_recipe(
-                config,
-                dataset.x_train[indices],
-                dataset.y_train[indices],
-                dataset.x_train[dataset.pool],
-                *_validation(dataset),
-                on_candidate,
-                finished,
-            )
-            table = [{**c.recipe, "best_val_accuracy": c.score, "best_epoch": c.best_epoch} for c in candidates]
-            mlflow.log_dict({"candidates": table, "chosen": recipe}, "search.json")
-            mlflow.log_param("chosen_recipe", json.dumps(recipe))
-            mlflow.log_metric("best_val_accuracy", max(c.score for c in candidates))
-        except BaseException as err:  # a stop ends the search KILLED, a failure FAILED; both say why
-            record_stop(err)
-            raise
+    with mlflow.start_run(experiment_id=experiment_id, **started_run) as search, stops_recorded():
+        if stopped:
+            continue_stopped_run(search, parent_run_id)
+        for candidate in finished:
+            done += 1
+            report(candidate)
+        log_new_params(
+            {
+                "labels": config.labels,
+                "dataset": config.dataset,
+                "protocol": config.protocol,
+                "precision": config.precision,
+                "architecture": config.architecture,
+                "search_space": json.dumps(TUNED_SEARCH_SPACE),
+                "search_seed": SEARCH_SEED,
+                "max_epochs": config.train_epochs,
+                **data_params(dataset),
+            }
+        )
+        clock = time.perf_counter()
+        recipe, candidates = search_recipe(
+            config,
+            dataset.x_train[indices],
+            dataset.y_train[indices],
+            dataset.x_train[dataset.pool],
+            *_validation(dataset),
+            on_candidate,
+            finished,
+        )
+        table = [{**c.recipe, "best_val_accuracy": c.score, "best_epoch": c.best_epoch} for c in candidates]
+        mlflow.log_dict({"candidates": table, "chosen": recipe}, "search.json")
+        mlflow.log_param("chosen_recipe", json.dumps(recipe))
+        mlflow.log_metric("best_val_accuracy", max(c.score for c in candidates))
     return recipe, search.info.run_id
 
 

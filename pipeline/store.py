@@ -4,6 +4,8 @@ Registry. MLflow only, so light processes (a sweep's parent, the report) use it 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlflow
 
@@ -78,6 +80,18 @@ def log_new_params(params: dict[str, object]) -> None:
     (params are immutable, and its raw values, such as `epochs=''`, would clash)."""
     already = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     mlflow.log_params({key: value for key, value in params.items() if key not in already})
+
+
+@contextmanager
+def stops_recorded() -> Iterator[None]:
+    """Inside the active run: whatever ends it early (a failure, Ctrl-C, SIGTERM) is recorded by `record_stop`,
+    after what was logged so far is flushed, and raised on."""
+    try:
+        yield
+    except BaseException as err:
+        mlflow.flush_async_logging()  # what was logged before a failure is kept
+        record_stop(err)
+        raise
 
 
 def record_stop(err: BaseException) -> None:
