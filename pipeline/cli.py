@@ -26,6 +26,7 @@ from pipeline.config import (
     resolve_config,
 )
 from pipeline.data import DataError
+from pipeline.stopping import stop_on_signals, stop_signal
 
 EXECUTORS = ("local", "ray")
 
@@ -358,28 +359,6 @@ def _tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-class Stopped(KeyboardInterrupt):
-    """A stop asked for by SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, schedulers): it unwinds like
-    Ctrl-C, so runs end KILLED, a sweep stops its trials, and nothing is left RUNNING."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-
-
-RECEIVED: list[int] = []  # the stop signal, kept apart: a library may re-raise it as a bare KeyboardInterrupt
-
-
-def stop_on_signals() -> None:
-    def handler(signum, frame):
-        for other in (signal.SIGINT, signal.SIGTERM):  # one stop: the clean-up itself is not interrupted
-            signal.signal(other, lambda *_: None)  # (a handler, unlike SIG_IGN, is not inherited by children)
-        RECEIVED.append(signum)
-        raise Stopped(signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handler)
-
-
 def how_to_resume(command: str) -> str:
     if command in METHODS:
         import mlflow
@@ -401,6 +380,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        signum = RECEIVED[0] if RECEIVED else signal.SIGINT
+        signum = stop_signal()
         print(f"stopped by {signal.Signals(signum).name}: {how_to_resume(args.command)}", file=sys.stderr)
         return 128 + signum

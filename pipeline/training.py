@@ -35,6 +35,7 @@ from pipeline.objectives import (
     supervised_loss,
     unsupervised_loss,
 )
+from pipeline.stopping import raise_if_stopped
 
 STEPS_PER_CALL = 10  # steps per graph call: few host round trips, yet a lively progress bar
 MAX_SHIFT = 2  # pixels, for `augment="shift"`
@@ -377,6 +378,7 @@ def fit(
         bar = keras.utils.Progbar(steps, stateful_metrics=shown, verbose=1 if verbose else 0)
         done, sums = 0, dict.fromkeys(trainer.loss_names, 0.0)
         while done < steps:
+            raise_if_stopped()  # a stop whose exception a library swallowed ends training here
             n = min(STEPS_PER_CALL, steps - done)
             losses = trainer.train_steps(n)
             done += n

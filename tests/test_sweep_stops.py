@@ -184,7 +184,9 @@ def test_a_sweep_stopped_during_a_recipe_search_ends_the_search_killed_and_inven
     assert _processes_mentioning(parent) == []  # no orphan trial
     runs = mlflow.search_runs(experiment_names=["stop-search"])
     search = runs[runs["tags.recipe_search"] == "true"]  # the sweep stops its trials with SIGTERM
-    assert list(search.status) == ["KILLED"] and list(search["tags.error"]) == ["Stopped: SIGTERM"]
+    (logged,) = mlflow.artifacts.list_artifacts(run_id=parent, artifact_path="trial_logs")
+    trial_log = mlflow.artifacts.load_text(f"runs:/{parent}/{logged.path}")
+    assert list(search.status) == ["KILLED"] and list(search["tags.error"]) == ["Stopped: SIGTERM"], trial_log
     candidates = runs[runs[f"tags.{CANDIDATE_TAG}"] == "true"]
     assert 1 <= len(candidates) < 4 and set(candidates.status) == {"FINISHED"}
     assert _trial_runs("stop-search").empty  # the trial never reached its own run: nothing stands in for it

@@ -1,5 +1,7 @@
 """Real training on real (small) data: every network's weights move, for every variant."""
 
+import os
+import signal
 from dataclasses import replace
 
 import numpy as np
@@ -9,6 +11,7 @@ import tensorflow as tf
 from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.models import build_models
+from pipeline.stopping import RECEIVED, Stopped, stop_on_signals
 from pipeline.training import fit, make_trainer
 
 
@@ -201,3 +204,30 @@ def test_best_validation_selection_keeps_the_best_epoch_weights(digits):
     # the networks end with the selected epoch's weights: evaluating them again gives its figures
     assert trainer.accuracy(*val) == pytest.approx(history.chosen("val_accuracy"))
     assert trainer.accuracy(*val, "_ema") == pytest.approx(history.chosen("val_accuracy_ema", "_ema"))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed stop, as meant
+def test_a_stop_signal_whose_exception_a_finaliser_swallowed_still_ends_training(digits):
+    """Python runs a signal handler wherever the main thread is; inside a `__del__` (TensorFlow has many) the
+    `Stopped` it raises is printed as "Exception ignored" and lost. The stop is remembered, and `fit` ends at
+    its next training call, before any step."""
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(10_000))  # the handler runs here, and its exception goes nowhere
+
+    trainer, _ = _trainer(digits, "cnn")
+    before = _weights(trainer.models.discriminator, BODY)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop_on_signals()
+        Finaliser()  # dropped at once: the signal arrives and is handled inside its `__del__`
+        assert RECEIVED == [signal.SIGTERM]
+        with pytest.raises(Stopped, match="SIGTERM"):
+            fit(trainer, {"test": (digits.x_test, digits.y_test)}, verbose=False)
+    finally:
+        RECEIVED.clear()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert not any(_moved(before, trainer.models.discriminator).values())  # no step was taken
