@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.config import NUM_CLASSES, SEARCH_SEED, TUNED_SEARCH_SPACE, RunConfig
 from pipeline.models import build_models
+from pipeline.stopping import raise_if_stopped
 from pipeline.training import History, fit, make_trainer
 
 
@@ -72,5 +73,6 @@ def search_recipe(
         results.append(Candidate(recipe, history.metrics["val_accuracy"][best - 1], best, history))
         if on_candidate is not None:
             on_candidate(results[-1])
+        raise_if_stopped()  # a stop lost during the candidate's last evaluation ends the search here
     winner = max(results, key=lambda c: c.score)  # max keeps the first of equal scores
     return winner.recipe, results
