@@ -23,7 +23,8 @@ import mlflow
 
 from pipeline.config import ConfigError
 from pipeline.device import THREADS_ENV
-from pipeline.sweep import RUNNING, Outcome, Progress, SearchGate, Trial, run_trial, settle
+from pipeline.progress import Progress
+from pipeline.sweep import RUNNING, Outcome, SearchGate, Trial, run_trial, settle
 
 # What a trial needs from the sweep's environment, wherever Ray runs it.
 FORWARDED_ENV = (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pipeline.config import AUGMENTED_METHODS, ConfigError, RunConfig, fingerpri
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.owner import is_abandoned, process_identity
+from pipeline.progress import EPOCH_LINE, SEARCH_LINE, Progress, ProgressEvent
 from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, OWNER_TAG, SWEEP_TAG, TRIALS_FILE
 from pipeline.store import check_tracking_uri, log_new_params, newest_run, record_stop, run_destination
 
@@ -127,12 +127,6 @@ def _last_error(log: Path) -> str:
 
 WATCH_SECONDS = 10  # how often a running trial's log is read
 POLL_SECONDS = 1.0  # how often a running trial is checked for its end and for a stop
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) done at ([\d.]+)s: (.*)$", re.MULTILINE)  # printed by fit
-SEARCH_LINE = re.compile(r"^search (\d+)/(\d+): (.*)$", re.MULTILINE)  # printed by cnn_tuned's recipe search
-CANDIDATE_SECONDS = re.compile(r", (\d+) s$")  # a search line's candidate's training time (not a reused one's)
-# What a running trial reports: ("epoch", epoch, epochs, seconds into training, figures) or
-# ("search", candidates done, candidates, the last one's result).
-ProgressEvent = tuple[str | int | float, ...]
 
 
 class TrialProcesses:
@@ -310,98 +304,6 @@ def settle(
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
     outcome.run_id = run.info.run_id
     return outcome
-
-
-class Progress:
-    """`[i/N] name: accuracy (duration) | elapsed, ETA` lines when a trial ends, and a line per epoch
-    of each running trial; safe to call from worker threads. ETAs come from measured durations of the
-    same method: finished trials, else the projection of a running one (never another method's)."""
-
-    def __init__(self, total: int, parallel: int, verbose: bool):
-        self.total, self.parallel, self.verbose = total, parallel, verbose
-        self.done, self.started = 0, time.perf_counter()
-        self.durations: dict[str, list[float]] = {}
-        self.running: dict[str, tuple[str, float, float]] = {}  # name -> (arm, elapsed, projected total)
-        self.candidates: dict[str, list[float]] = {}  # arm -> its recipe searches' candidate durations
-        self.lock = threading.Lock()
-
-    def _left(self, trial: Trial) -> float | None:
-        """Seconds until `trial` ends: what a running trial has left, else its arm's mean duration."""
-        name, method = trial.config.run_name, trial.config.arm
-        if name in self.running:
-            _, elapsed, total = self.running[name]
-            return max(total - elapsed, 0.0)
-        projected = [total for m, _, total in self.running.values() if m == method]
-        measured = self.durations.get(method) or self.candidates.get(method) or projected  # a trial ~ a candidate
-        return _mean(measured) if measured else None
-
-    def eta(self, remaining: list[Trial]) -> str:
-        guesses = [self._left(t) for t in remaining]
-        if None in guesses:
-            missing = sorted({t.config.arm for t, g in zip(remaining, guesses, strict=True) if g is None})
-            return f"ETA unknown until a {', '.join(missing)} trial is measured"
-        return f"ETA {_clock(sum(guesses) / self.parallel)}"
-
-    def update(self, trial: Trial, event: ProgressEvent, remaining: list[Trial]) -> None:
-        kind, *values = event
-        if kind == "epoch":
-            self.epoch(trial, *values, remaining)
-        else:
-            self.search(trial, *values, remaining)
-
-    def search(self, trial: Trial, done: int, total: int, result: str, remaining: list[Trial]) -> None:
-        """A running trial's recipe search finished candidate `done` of `total`: what is left of the trial is
-        the search's other candidates, then its own training, about one candidate's time."""
-        with self.lock:
-            name, arm = trial.config.run_name, trial.config.arm
-            if seconds := CANDIDATE_SECONDS.search(result):
-                self.candidates.setdefault(arm, []).append(float(seconds.group(1)))
-            if arm in self.candidates:
-                self.running[name] = (arm, 0.0, (total - done + 1) * _mean(self.candidates[arm]))
-            if self.verbose:
-                print(f"    {name}: recipe search {done}/{total}: {result} | sweep {self.eta(remaining)}", flush=True)
-
-    def epoch(self, trial: Trial, epoch: int, total: int, seconds: float, figures: str, remaining: list[Trial]):
-        """A running trial finished an epoch `seconds` into its training."""
-        with self.lock:
-            projected = seconds * total / epoch
-            self.running[trial.config.run_name] = (trial.config.arm, seconds, projected)
-            if self.verbose:
-                left = _clock(projected - seconds)
-                print(
-                    f"    {trial.config.run_name}: epoch {epoch}/{total}, {figures} | trial ETA {left}, "
-                    f"sweep {self.eta(remaining)}",
-                    flush=True,
-                )
-
-    def report(self, outcome: Outcome, remaining: list[Trial]) -> None:
-        with self.lock:
-            self.running.pop(outcome.name, None)
-            self.done += 1
-            if outcome.seconds:  # a reused run's duration is a measurement of its arm too
-                self.durations.setdefault(outcome.arm, []).append(outcome.seconds)
-            if not self.verbose:
-                return
-            if outcome.status == "FINISHED":
-                accuracy = f"{outcome.final_test_accuracy:.4f}" if outcome.final_test_accuracy is not None else "n/a"
-                what = f"{'reused' if outcome.reused else 'finished'}, test accuracy {accuracy}"
-            else:
-                what = f"FAILED: {outcome.error}"
-            took = "" if outcome.reused else f" in {_clock(outcome.seconds)}"
-            took += " in all (resumed)" if outcome.resumed else ""
-            elapsed = _clock(time.perf_counter() - self.started)
-            print(f"[{self.done}/{self.total}] {outcome.name}: {what}{took} | elapsed {elapsed}, {self.eta(remaining)}")
-            sys.stdout.flush()
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 @dataclass

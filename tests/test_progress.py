@@ -1,0 +1,54 @@
+"""The sweep's progress lines and ETAs, from the events a running trial's log gives (no processes: the
+parsing of real trial logs is covered by the sweep tests)."""
+
+import pytest
+
+from pipeline.config import resolve_config
+from pipeline.progress import Progress, clock
+from pipeline.sweep import Outcome, Trial
+
+
+def _trial(method: str, seed: int) -> Trial:
+    return Trial(resolve_config(method, "digits", 20, seed=seed, profile="smoke"), f"{method}-{seed}")
+
+
+def _finished(trial: Trial, seconds: float, resumed: bool = False) -> Outcome:
+    config = trial.config
+    return Outcome(
+        config.run_name, config.method, config.arm, config.labels, config.seed, "FINISHED", "run", 0.9, False,
+        seconds, resumed=resumed,
+    )  # fmt: skip
+
+
+def test_clock_reads_like_a_duration():
+    assert [clock(s) for s in (0, 59.6, 61, 3600, 3725)] == ["0m00s", "1m00s", "1m01s", "1h00m00s", "1h02m05s"]
+
+
+def test_an_arm_is_projected_from_its_own_trials_only(capsys):
+    sgan0, sgan1, cnn0, cnn1 = _trial("sgan", 0), _trial("sgan", 1), _trial("cnn", 0), _trial("cnn", 1)
+    progress = Progress(total=4, parallel=2, verbose=True)
+    progress.epoch(sgan0, 1, 4, 100.0, "test_accuracy 0.5000", [sgan1, cnn0, cnn1])
+    line = capsys.readouterr().out
+    assert "epoch 1/4, test_accuracy 0.5000 | trial ETA 5m00s" in line
+    assert "ETA unknown until a cnn trial is measured" in line  # the SGAN's pace says nothing of the CNN's
+    progress.report(_finished(cnn0, 60.0), [sgan1, cnn1])
+    # sgan0: 300 s left; sgan1: its arm's projection, 400 s; cnn1: 60 s; two at a time
+    assert progress.eta([sgan0, sgan1, cnn1]) == f"ETA {clock((300 + 400 + 60) / 2)}"
+    progress.report(_finished(sgan0, 380.0, resumed=True), [sgan1, cnn1])
+    assert "[2/4] sgan-stacked-digits-L20-s0: finished, test accuracy 0.9000 in 6m20s in all (resumed)" in (
+        capsys.readouterr().out
+    )
+    assert progress.eta([sgan1, cnn1]) == f"ETA {clock((380 + 60) / 2)}"  # measured beats projected
+
+
+@pytest.mark.parametrize("reused_first", [False, True])
+def test_a_searching_trial_is_projected_from_its_candidates(reused_first, capsys):
+    tuned0, tuned1 = _trial("cnn_tuned", 0), _trial("cnn_tuned", 1)
+    progress = Progress(total=2, parallel=1, verbose=True)
+    if reused_first:  # a stopped search's candidate, reused: no duration, no projection yet
+        progress.search(tuned0, 1, 4, "augment=none: best validation accuracy 0.7 at epoch 3 (reused ...)", [tuned1])
+        assert "ETA unknown until a cnn_tuned trial is measured" in capsys.readouterr().out
+    progress.search(tuned0, 2, 4, "augment=shift: best validation accuracy 0.8 at epoch 5, 100 s", [tuned1])
+    assert "recipe search 2/4" in capsys.readouterr().out
+    # tuned0: two candidates left and its own training (about one candidate); tuned1: about one candidate
+    assert progress.eta([tuned0, tuned1]) == f"ETA {clock(3 * 100 + 100)}"
