@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or MLflow's default")
     sub.add_argument("--commentary", default="", help="text file of findings to include (paragraphs)")
     sub.add_argument(
-        "--metric", default="final", help="final (raw classifier, default) or ema (moving average of its weights)"
+        "--metric",
+        default="final",
+        help="final (raw classifier, default), ema (moving average of its weights) or val_selected (each run's "
+        "test accuracy at its best validation epoch: every arm stopped early on the validation split)",
     )
     sub = commands.add_parser("bench", help="time SGAN training steps: ours vs the classic Keras reference")
     sub.add_argument("--dataset", default="mnist", help="data the steps draw from (default mnist)")

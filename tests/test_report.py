@@ -135,6 +135,34 @@ def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(st
     assert "report/report.md" in logged and "report/summary.csv" in logged
 
 
+def test_val_selected_reports_each_run_at_its_best_validation_epoch(store, tmp_path):
+    """Every arm stopped early on the validation split: the test accuracy at the first epoch of best validation
+    accuracy, from the logged histories (test accuracy is KNOWN x 0.8, 0.9, 1.0 over epochs 1-3)."""
+    at_50 = {key: value for key, value in KNOWN.items() if key[1] == 50}
+    log_known_runs("early", at_50)
+    validation = {"sgan": [0.7, 0.9, 0.9], "cnn": [0.9, 0.8, 0.7]}  # best: epoch 2 (the first of a tie), epoch 1
+    client = mlflow.MlflowClient()
+    for run in mlflow.search_runs(experiment_names=["early"], output_format="list"):
+        method, seed = run.data.tags["method"], int(run.data.params["seed"])
+        if (method, seed) != ("cnn", 2):  # logged before the validation split existed: no figure
+            for epoch, value in enumerate(validation[method], start=1):
+                client.log_metric(run.info.run_id, "val_accuracy", value, step=epoch)
+    report = build_report("early", metric="val_selected")
+    runs = report.runs.set_index(["method", "seed"])
+    for seed in range(3):
+        assert runs.loc[("sgan", seed), "val_selected"] == pytest.approx(0.9 * KNOWN[("sgan", 50, seed)])
+        assert runs.loc[("sgan", seed), "val_selected_epoch"] == 2
+    assert runs.loc[("cnn", 0), "val_selected"] == pytest.approx(0.8 * KNOWN[("cnn", 50, 0)])
+    assert np.isnan(runs.loc[("cnn", 2), "val_selected"])
+    (pair,) = report.paired.itertuples()
+    expected = [0.9 * KNOWN[("sgan", 50, s)] - 0.8 * KNOWN[("cnn", 50, s)] for s in (0, 1)]
+    assert pair.n_pairs == 2 and pair.mean_diff == pytest.approx(np.mean(expected))
+    assert any("1 runs have no `test_accuracy at the best val_accuracy`" in note for note in report.notes)
+    make_report("early", tmp_path / "out", metric="val_selected")
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "every arm is stopped early on the validation split" in markdown and "generous baseline" not in markdown
+
+
 def test_unpaired_label_counts_and_failed_runs_give_notes_not_crashes(store):
     log_known_runs("partial", {k: v for k, v in KNOWN.items() if not (k[0] == "cnn" and k[1] == 1000)})
     log_known_runs("partial", {("cnn", 1000, 0): 0.5}, status="FAILED")  # failed runs are ignored

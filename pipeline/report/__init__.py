@@ -19,7 +19,7 @@ from pipeline.report import plots
 from pipeline.report.content import blocks
 from pipeline.report.document import to_html, to_markdown
 from pipeline.report.notes import coverage_notes
-from pipeline.report.runs import METRICS, ReportError, latest_per_identity, load_runs
+from pipeline.report.runs import METRICS, ReportError, latest_per_identity, load_runs, with_validation_selection
 from pipeline.report.statistics import ema_effect, paired_differences, rank_arms, sgan_contrasts, summarize
 from pipeline.schema import REPORT_TAG
 
@@ -29,7 +29,7 @@ __all__ = ["Report", "ReportError", "build_report", "make_report", "write_report
 @dataclass
 class Report:
     experiment: str
-    metric: str  # a key of METRICS: "final" (raw classifier) or "ema"
+    metric: str  # a key of METRICS: "final" (raw classifier), "ema" or "val_selected"
     runs: pd.DataFrame  # the runs that count
     superseded: pd.DataFrame  # reruns replaced by a later run of the same arm, data, protocol, labels, seed
     summary: pd.DataFrame
@@ -48,6 +48,8 @@ def build_report(
     if metric not in METRICS:
         raise ReportError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
     runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id, labels))
+    if metric == "val_selected" and not runs.empty:  # histories are read only when asked for
+        runs = with_validation_selection(runs)
     summary, paired = summarize(runs, metric), paired_differences(runs, metric)
     notes = coverage_notes(runs, superseded, paired, metric)
     ranking, contrasts = rank_arms(summary), sgan_contrasts(runs, metric)

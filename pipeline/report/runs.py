@@ -17,6 +17,7 @@ IDENTITY = ["arm", *GROUP, "labels", "seed"]  # a run repeated with all of these
 METRICS = {
     "final": ("final_test_accuracy", "raw classifier"),
     "ema": ("final_test_accuracy_ema", "moving average of the classifier's weights (EMA)"),
+    "val_selected": ("test_accuracy at the best val_accuracy", "raw classifier at its run's best validation epoch"),
 }
 
 
@@ -112,3 +113,19 @@ def sweep_members(sweep_run_id: str) -> set[str]:
     except Exception:  # a sweep stopped before it wrote its trial list: its children still count
         pass
     return members
+
+
+def with_validation_selection(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with `val_selected`, each run's test accuracy at its epoch of best validation accuracy (the
+    first on ties, as `cnn_tuned` picks its own), and that epoch (`val_selected_epoch`), read from the logged
+    per-epoch histories: every arm stopped early on the validation split, not only `cnn_tuned`. A run
+    without a validation history (logged before the split existed) gets none."""
+    client = mlflow.MlflowClient()
+    figures, epochs = [], []
+    for run_id in runs["run_id"]:
+        val = {m.step: m.value for m in client.get_metric_history(run_id, "val_accuracy")}
+        test = {m.step: m.value for m in client.get_metric_history(run_id, "test_accuracy")}
+        best = max(sorted(val), key=val.__getitem__) if val else None  # max keeps the first of equals
+        figures.append(test.get(best, float("nan")))
+        epochs.append(best)
+    return runs.assign(val_selected=figures, val_selected_epoch=pd.array(epochs, dtype="Int64"))
