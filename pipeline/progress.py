@@ -24,7 +24,7 @@ ProgressEvent = tuple[str | int | float, ...]
 class Progress:
     """`[i/N] name: accuracy (duration) | elapsed, ETA` lines when a trial ends, and a line per epoch
     of each running trial; safe to call from worker threads. ETAs come from measured durations of the
-    same method: finished trials, else the projection of a running one (never another method's)."""
+    same arm: finished trials, else the projection of a running one (never another arm's)."""
 
     def __init__(self, total: int, parallel: int, verbose: bool):
         self.total, self.parallel, self.verbose = total, parallel, verbose
@@ -36,12 +36,12 @@ class Progress:
 
     def _left(self, trial: Trial) -> float | None:
         """Seconds until `trial` ends: what a running trial has left, else its arm's mean duration."""
-        name, method = trial.config.run_name, trial.config.arm
+        name, arm = trial.config.run_name, trial.config.arm
         if name in self.running:
             _, elapsed, total = self.running[name]
             return max(total - elapsed, 0.0)
-        projected = [total for m, _, total in self.running.values() if m == method]
-        measured = self.durations.get(method) or self.candidates.get(method) or projected  # a trial ~ a candidate
+        projected = [total for a, _, total in self.running.values() if a == arm]
+        measured = self.durations.get(arm) or self.candidates.get(arm) or projected  # a trial ~ a candidate
         return fmean(measured) if measured else None
 
     def eta(self, remaining: list[Trial]) -> str:
