@@ -24,6 +24,7 @@ import mlflow
 from pipeline.config import ConfigError
 from pipeline.device import THREADS_ENV
 from pipeline.progress import Progress
+from pipeline.stopping import raise_if_stopped
 from pipeline.sweep import RUNNING, Outcome, SearchGate, Trial, run_trial, settle
 
 # What a trial needs from the sweep's environment, wherever Ray runs it.
@@ -173,6 +174,7 @@ class RayExecutor:
         try:
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+                raise_if_stopped()  # a stop whose exception a finaliser swallowed still stops the sweep
                 while not queue.empty():
                     name, event = queue.get_nowait()
                     progress.update(by_name[name], event, list(waiting))

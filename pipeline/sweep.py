@@ -31,6 +31,7 @@ from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.owner import is_abandoned, process_identity
 from pipeline.progress import EPOCH_LINE, SEARCH_LINE, Progress, ProgressEvent
 from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, OWNER_TAG, SWEEP_TAG, TRIALS_FILE
+from pipeline.stopping import raise_if_stopped
 from pipeline.store import check_tracking_uri, log_new_params, newest_run, record_stop, run_destination
 
 
@@ -485,7 +486,8 @@ def _run_pending(pending, resumes, experiment_id, parent_run_id, log_dir, max_pa
                 gate.started(trial)
                 args = (trial, experiment_id, parent_run_id, log_dir, resumes.get(trial), watcher(trial))
                 running[pool.submit(run_trial, *args)] = trial
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            raise_if_stopped()  # a stop whose exception a finaliser swallowed still stops the sweep
             for future in done:
                 trial = running.pop(future)
                 waiting.remove(trial)
