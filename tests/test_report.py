@@ -158,9 +158,24 @@ def test_val_selected_reports_each_run_at_its_best_validation_epoch(store, tmp_p
     expected = [0.9 * KNOWN[("sgan", 50, s)] - 0.8 * KNOWN[("cnn", 50, s)] for s in (0, 1)]
     assert pair.n_pairs == 2 and pair.mean_diff == pytest.approx(np.mean(expected))
     assert any("1 runs have no `test_accuracy at the best val_accuracy`" in note for note in report.notes)
+    assert report.early_summary.empty  # the main tables are already early-stopped
     make_report("early", tmp_path / "out", metric="val_selected")
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "every arm is stopped early on the validation split" in markdown and "generous baseline" not in markdown
+    assert "## Every arm stopped early" not in markdown
+    # the last-epoch report shows the early-stopped comparison too, in a section of its own
+    final = build_report("early")
+    (sgan,) = final.early_summary[final.early_summary.arm.str.startswith("sgan")].itertuples()
+    assert sgan.n == 3 and sgan.mean_epoch == 2
+    assert sgan.mean == pytest.approx(np.mean([0.9 * KNOWN[("sgan", 50, s)] for s in range(3)]))
+    assert final.early_paired.mean_diff.tolist() == pytest.approx([np.mean(expected)])
+    assert final.paired.mean_diff.tolist() == pytest.approx(
+        [np.mean([KNOWN[("sgan", 50, s)] - KNOWN[("cnn", 50, s)] for s in range(3)])]
+    )
+    make_report("early", tmp_path / "last")
+    markdown = (tmp_path / "last" / "report.md").read_text()
+    assert "## Every arm stopped early on the validation split" in markdown
+    assert {"early_stopped_summary.csv", "early_stopped_paired.csv"} <= {p.name for p in (tmp_path / "last").iterdir()}
 
 
 def test_unpaired_label_counts_and_failed_runs_give_notes_not_crashes(store):

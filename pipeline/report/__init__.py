@@ -20,7 +20,14 @@ from pipeline.report.content import blocks
 from pipeline.report.document import to_html, to_markdown
 from pipeline.report.notes import coverage_notes
 from pipeline.report.runs import METRICS, ReportError, latest_per_identity, load_runs, with_validation_selection
-from pipeline.report.statistics import ema_effect, paired_differences, rank_arms, sgan_contrasts, summarize
+from pipeline.report.statistics import (
+    early_stopping_summary,
+    ema_effect,
+    paired_differences,
+    rank_arms,
+    sgan_contrasts,
+    summarize,
+)
 from pipeline.schema import REPORT_TAG
 
 __all__ = ["Report", "ReportError", "build_report", "make_report", "write_report"]
@@ -40,6 +47,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     commentary: list[str] = field(default_factory=list)  # the analyst's findings, one paragraph each
+    # every arm stopped early on validation (when the metric is another): accuracy and epoch per arm, paired
+    early_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    early_paired: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_report(
@@ -48,12 +58,15 @@ def build_report(
     if metric not in METRICS:
         raise ReportError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
     runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id, labels))
-    if metric == "val_selected" and not runs.empty:  # histories are read only when asked for
-        runs = with_validation_selection(runs)
+    runs = with_validation_selection(runs) if not runs.empty else runs.assign(val_selected=[], val_selected_epoch=[])
     summary, paired = summarize(runs, metric), paired_differences(runs, metric)
     notes = coverage_notes(runs, superseded, paired, metric)
     ranking, contrasts = rank_arms(summary), sgan_contrasts(runs, metric)
-    return Report(experiment, metric, runs, superseded, summary, paired, ranking, ema_effect(runs), contrasts, notes)
+    report = Report(experiment, metric, runs, superseded, summary, paired, ranking, ema_effect(runs), contrasts, notes)
+    if metric != "val_selected" and runs.val_selected.notna().any():
+        report.early_summary = early_stopping_summary(runs)
+        report.early_paired = paired_differences(runs, "val_selected")
+    return report
 
 
 def write_report(report: Report, folder: Path) -> list[Path]:
@@ -63,6 +76,11 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     tables["ema_effect.csv"] = report.ema_effect
     if not report.contrasts.empty:
         tables["sgan_contrasts.csv"] = report.contrasts
+    if not report.early_summary.empty:
+        tables["early_stopped_summary.csv"], tables["early_stopped_paired.csv"] = (
+            report.early_summary,
+            report.early_paired,
+        )
     tables["runs.csv"] = report.runs
     for name, table in tables.items():
         table.to_csv(folder / name, index=False)

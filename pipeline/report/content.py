@@ -75,6 +75,13 @@ def _points(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return shown
 
 
+def _accuracies(table: pd.DataFrame, columns: tuple[str, ...] = ("mean", "min", "max")) -> pd.DataFrame:
+    """A table of accuracies as shown: percentages, and the standard deviation in points."""
+    shown = _percent(table, list(columns))
+    shown["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in table["std"]]
+    return shown
+
+
 def _differences(table: pd.DataFrame) -> pd.DataFrame:
     """A table of paired differences as shown: signed points and a short p-value."""
     shown = _points(table, ["mean_diff", "ci_low", "ci_high"])
@@ -84,11 +91,11 @@ def _differences(table: pd.DataFrame) -> pd.DataFrame:
 
 def blocks(report, figures: list[str]) -> list[tuple[str, object]]:
     """`report` is a `pipeline.report.Report`; `figures` the names of the figure files written."""
-    summary = _percent(report.summary, ["mean", "min", "max"])
-    summary["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in report.summary["std"]]
+    summary, ranking = _accuracies(report.summary), _accuracies(report.ranking, ("mean",))
     paired, ema, contrasts = (_differences(t) for t in (report.paired, report.ema_effect, report.contrasts))
-    ranking = _percent(report.ranking, ["mean"])
-    ranking["std"] = [f"{v * 100:.2f}" if pd.notna(v) else "n/a" for v in report.ranking["std"]]
+    early_summary = report.early_summary
+    if not early_summary.empty:
+        early_summary = _accuracies(early_summary).assign(mean_epoch=[f"{v:.1f}" for v in early_summary.mean_epoch])
     parts: list[tuple[str, object]] = [
         ("h1", f"SGAN vs supervised baselines: {report.experiment}"),
         ("p", statement(report.metric)),
@@ -112,6 +119,22 @@ def blocks(report, figures: list[str]) -> list[tuple[str, object]]:
             "(`scipy.stats.ttest_rel`). Two arms are never pooled.",
         ),
         ("table", paired),
+        *(
+            [
+                ("h2", "Every arm stopped early on the validation split"),
+                (
+                    "p",
+                    "The same comparison with every run at its epoch of best validation accuracy (the first of "
+                    "equals: `cnn_tuned`'s own choice), read from its per-epoch history, so that no arm is judged "
+                    "at a last epoch that drifted while another is judged at its best validation epoch. Test "
+                    "accuracy per arm with the mean epoch chosen, then the paired differences as above.",
+                ),
+                ("table", early_summary),
+                ("table", _differences(report.early_paired)),
+            ]
+            if not report.early_summary.empty
+            else []
+        ),
         *(
             [
                 ("h2", "SGAN arms against the stacked float32 SGAN"),

@@ -32,6 +32,13 @@ def summarize(runs: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
     return table.sort_values([*GROUP, "labels", "arm"]).reset_index(drop=True)[columns]
 
 
+def early_stopping_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """`summarize` of every run at its best validation epoch (`val_selected`), with the mean epoch chosen."""
+    table = summarize(runs, "val_selected")
+    epochs = runs.dropna(subset=["val_selected"]).groupby([*GROUP, "labels", "arm"])["val_selected_epoch"]
+    return table.merge(epochs.mean().rename("mean_epoch").reset_index(), on=[*GROUP, "labels", "arm"])
+
+
 def paired_differences(runs: pd.DataFrame, metric: str = "final", confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Every SGAN arm minus every baseline arm present, per data, protocol, architecture and label count
     (methods are compared on the same networks only), over the
