@@ -58,7 +58,7 @@ def build_report(
     if metric not in METRICS:
         raise ReportError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
     runs, superseded = latest_per_identity(load_runs(experiment, sweep_run_id, labels))
-    runs = with_validation_selection(runs) if not runs.empty else runs.assign(val_selected=[], val_selected_epoch=[])
+    runs = with_validation_selection(runs)
     summary, paired = summarize(runs, metric), paired_differences(runs, metric)
     notes = coverage_notes(runs, superseded, paired, metric)
     ranking, contrasts = rank_arms(summary), sgan_contrasts(runs, metric)
@@ -77,10 +77,8 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     if not report.contrasts.empty:
         tables["sgan_contrasts.csv"] = report.contrasts
     if not report.early_summary.empty:
-        tables["early_stopped_summary.csv"], tables["early_stopped_paired.csv"] = (
-            report.early_summary,
-            report.early_paired,
-        )
+        tables["early_stopped_summary.csv"] = report.early_summary
+        tables["early_stopped_paired.csv"] = report.early_paired
     tables["runs.csv"] = report.runs
     for name, table in tables.items():
         table.to_csv(folder / name, index=False)

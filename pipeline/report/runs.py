@@ -122,7 +122,7 @@ def with_validation_selection(runs: pd.DataFrame) -> pd.DataFrame:
     without a validation history (logged before the split existed) gets none."""
     client = mlflow.MlflowClient()
     figures, epochs = [], []
-    for run_id in runs["run_id"]:
+    for run_id in runs.get("run_id", []):  # (no runs: no columns either)
         val = {m.step: m.value for m in client.get_metric_history(run_id, "val_accuracy")}
         test = {m.step: m.value for m in client.get_metric_history(run_id, "test_accuracy")}
         best = max(sorted(val), key=val.__getitem__) if val else None  # max keeps the first of equals
