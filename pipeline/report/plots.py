@@ -13,15 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
-from pipeline.report.runs import GROUP  # noqa: E402
+from pipeline.report.runs import GROUP, metric_histories  # noqa: E402
 
 SGAN_LOSSES = ["loss_supervised", "loss_unsupervised_real", "loss_unsupervised_fake", "loss_generator"]
-
-
-def _histories(run_ids: list[str], key: str) -> pd.DataFrame:
-    client = mlflow.MlflowClient()
-    rows = [(rid, m.step, m.value) for rid in run_ids for m in client.get_metric_history(rid, key)]
-    return pd.DataFrame(rows, columns=["run_id", "step", "value"])
 
 
 def _line_name(row, several_groups: bool) -> str:
@@ -77,7 +71,7 @@ def paired_difference(paired: pd.DataFrame, path: Path) -> None:
 def learning_curves(runs: pd.DataFrame, path: Path, key: str) -> None:
     label_counts = sorted(runs.labels.unique())
     fig, axes = plt.subplots(1, len(label_counts), figsize=(4.2 * len(label_counts), 3.6), squeeze=False)
-    history = _histories(list(runs.run_id), key).merge(runs[["run_id", "arm", *GROUP, "labels"]])
+    history = metric_histories(list(runs.run_id), key).merge(runs[["run_id", "arm", *GROUP, "labels"]])
     several = len(runs[GROUP].drop_duplicates()) > 1
     for ax, labels in zip(axes[0], label_counts, strict=True):
         for _, rows in history[history.labels == labels].groupby([*GROUP, "arm"]):
@@ -95,7 +89,7 @@ def sgan_losses(runs: pd.DataFrame, path: Path) -> None:
     sgan = runs[runs.method == "sgan"]
     fig, axes = plt.subplots(1, len(SGAN_LOSSES), figsize=(4 * len(SGAN_LOSSES), 3.2), squeeze=False)
     for ax, key in zip(axes[0], SGAN_LOSSES, strict=True):
-        history = _histories(list(sgan.run_id), key).merge(sgan[["run_id", "arm", "labels"]])
+        history = metric_histories(list(sgan.run_id), key).merge(sgan[["run_id", "arm", "labels"]])
         for (arm, labels), rows in history.groupby(["arm", "labels"]):
             curve = rows.groupby("step")["value"].mean()
             ax.plot(curve.index, curve.values, label=f"{arm}, {labels} labels")

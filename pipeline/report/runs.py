@@ -115,17 +115,24 @@ def sweep_members(sweep_run_id: str) -> set[str]:
     return members
 
 
+def metric_histories(run_ids: list[str], key: str) -> pd.DataFrame:
+    """Every logged value of metric `key` of these runs: one row per (run_id, step, value)."""
+    client = mlflow.MlflowClient()
+    rows = [(rid, m.step, m.value) for rid in run_ids for m in client.get_metric_history(rid, key)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"])
+
+
 def with_validation_selection(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` with `val_selected`, each run's test accuracy at its epoch of best validation accuracy (the
     first on ties, as `cnn_tuned` picks its own), and that epoch (`val_selected_epoch`), read from the logged
     per-epoch histories: every arm stopped early on the validation split, not only `cnn_tuned`. A run
     without a validation history (logged before the split existed) gets none."""
-    client = mlflow.MlflowClient()
-    figures, epochs = [], []
-    for run_id in runs.get("run_id", []):  # (no runs: no columns either)
-        val = {m.step: m.value for m in client.get_metric_history(run_id, "val_accuracy")}
-        test = {m.step: m.value for m in client.get_metric_history(run_id, "test_accuracy")}
-        best = max(sorted(val), key=val.__getitem__) if val else None  # max keeps the first of equals
-        figures.append(test.get(best, float("nan")))
-        epochs.append(best)
-    return runs.assign(val_selected=figures, val_selected_epoch=pd.array(epochs, dtype="Int64"))
+    run_ids = list(runs.get("run_id", []))  # (no runs: no columns either)
+    val = metric_histories(run_ids, "val_accuracy").sort_values(["run_id", "step"], ignore_index=True)
+    best = val.loc[val.groupby("run_id")["value"].idxmax(), ["run_id", "step"]]  # idxmax: the first of equals
+    test = metric_histories(run_ids, "test_accuracy")
+    chosen = best.merge(test, on=["run_id", "step"], how="left").set_index("run_id")
+    return runs.assign(
+        val_selected=[chosen["value"].get(rid, float("nan")) for rid in run_ids],
+        val_selected_epoch=pd.array([chosen["step"].get(rid) for rid in run_ids], dtype="Int64"),
+    )
