@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) done at ([\d.]+)s: (.*)$", re.MULTILINE)  # printed by fit
 SEARCH_LINE = re.compile(r"^search (\d+)/(\d+): (.*)$", re.MULTILINE)  # printed by cnn_tuned's recipe search
-CANDIDATE_SECONDS = re.compile(r", (\d+) s$")  # a search line's candidate's training time (not a reused one's)
+CANDIDATE_SECONDS = re.compile(r", (\d+) s$")  # a search line's candidate's training time (a reused one's too)
 # What a running trial reports: ("epoch", epoch, epochs, seconds into training, figures) or
 # ("search", candidates done, candidates, the last one's result).
 ProgressEvent = tuple[str | int | float, ...]

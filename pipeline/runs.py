@@ -255,12 +255,13 @@ def tuned_recipe(
     name = f"cnn_tuned-search{suffix}-{config.dataset}-L{config.labels}"
     done, clock = 0, 0.0
 
-    def report(candidate: Candidate, seconds: float | None = None) -> None:
-        """One line per candidate, with how long it trained: about what a trial of its recipe takes, which a
-        sweep reads for its ETA."""
+    def report(candidate: Candidate, seconds: float | None, reused: bool = False) -> None:
+        """One line per candidate, with how long it trained (a reused one: as its run recorded): about what a
+        trial of its recipe takes, which a sweep reads for its ETA."""
         if verbose:
             chosen = ", ".join(f"{k}={v}" for k, v in candidate.recipe.items())
-            took = f", {seconds:.0f} s" if seconds is not None else " (reused from the stopped search)"
+            took = ", reused from the stopped search" if reused else ""
+            took += f", {seconds:.0f} s" if seconds is not None else ""
             print(
                 f"search {done}/{len(recipes())}: {chosen}: best validation accuracy {candidate.score:.4f} at epoch "
                 f"{candidate.best_epoch}{took}",
@@ -292,7 +293,7 @@ def tuned_recipe(
             continue_stopped_run(search, parent_run_id)
         for candidate in finished:
             done += 1
-            report(candidate)
+            report(candidate, candidate.seconds, reused=True)
         log_new_params(
             {
                 "labels": config.labels,
@@ -338,7 +339,8 @@ def finished_candidates(experiment_id: str, key: str) -> list[Candidate]:
         params, metrics = run.data.params, run.data.metrics
         for recipe in recipes():
             if all(params.get(k) == str(v) for k, v in recipe.items()) and recipe not in [c.recipe for c in found]:
-                found.append(Candidate(recipe, metrics["best_val_accuracy"], int(metrics["best_epoch"]), History()))
+                score, best = metrics["best_val_accuracy"], int(metrics["best_epoch"])
+                found.append(Candidate(recipe, score, best, History(), metrics.get("train_seconds")))
     return sorted(found, key=lambda c: recipes().index(c.recipe))
 
 

@@ -31,6 +31,7 @@ class Candidate:
     score: float  # best validation accuracy over its epochs
     best_epoch: int
     history: History
+    seconds: float | None = None  # a reused candidate's training time, as its run recorded it
 
 
 def recipes() -> list[dict[str, object]]:

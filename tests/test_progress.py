@@ -41,14 +41,20 @@ def test_an_arm_is_projected_from_its_own_trials_only(capsys):
     assert progress.eta([sgan1, cnn1]) == f"ETA {clock((380 + 60) / 2)}"  # measured beats projected
 
 
-@pytest.mark.parametrize("reused_first", [False, True])
+@pytest.mark.parametrize("reused_first", [None, "without its time", "with its time"])
 def test_a_searching_trial_is_projected_from_its_candidates(reused_first, capsys):
     tuned0, tuned1 = _trial("cnn_tuned", 0), _trial("cnn_tuned", 1)
     progress = Progress(total=2, parallel=1, verbose=True)
-    if reused_first:  # a stopped search's candidate, reused: no duration, no projection yet
-        progress.search(tuned0, 1, 4, "augment=none: best validation accuracy 0.7 at epoch 3 (reused ...)", [tuned1])
+    reused = "augment=none: best validation accuracy 0.7 at epoch 3, reused from the stopped search"
+    if reused_first == "without its time":  # a stopped search's candidate whose run has no time: no projection yet
+        progress.search(tuned0, 1, 4, reused, [tuned1])
         assert "ETA unknown until a cnn_tuned trial is measured" in capsys.readouterr().out
+    if reused_first == "with its time":  # its time as its run recorded it: a measurement like any other
+        progress.search(tuned0, 1, 4, f"{reused}, 300 s", [tuned0, tuned1])
+        # tuned0: 3 candidates and its training; tuned1: about one candidate
+        assert f"sweep ETA {clock(4 * 300 + 300)}" in capsys.readouterr().out
     progress.search(tuned0, 2, 4, "augment=shift: best validation accuracy 0.8 at epoch 5, 100 s", [tuned1])
     assert "recipe search 2/4" in capsys.readouterr().out
     # tuned0: two candidates left and its own training (about one candidate); tuned1: about one candidate
-    assert progress.eta([tuned0, tuned1]) == f"ETA {clock(3 * 100 + 100)}"
+    each = 200 if reused_first == "with its time" else 100
+    assert progress.eta([tuned0, tuned1]) == f"ETA {clock(3 * each + each)}"
