@@ -308,7 +308,8 @@ def run_report_command(
     folder = Path(out or Path("reports") / experiment)
     findings = Path(commentary) if commentary else None
     report = make_report(experiment, folder, sweep_run_id or None, log_to_run, findings, metric, counts)
-    print(f"Report of {len(report.runs)} runs written to {folder / 'report.md'} (and report.html)")
+    count = len(report.runs)
+    print(f"Report of {count} run{'' if count == 1 else 's'} written to {folder / 'report.md'} (and report.html)")
     for note in report.notes:
         print(f"note: {note}")
     return 0
