@@ -26,7 +26,7 @@ from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.device import configure_device
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
-from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_TAG
+from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_SECONDS, SEARCH_TAG
 from pipeline.store import (
     check_tracking_uri,
     continue_stopped_run,
@@ -89,9 +89,12 @@ def train_run(
     # The fingerprint from the start, so that a sweep finds the run of a trial that fails at once. It is the
     # run as asked for: a `cnn_tuned` run's recipe is filled in below by its search.
     tags = {"method": config.method, FINGERPRINT_TAG: config_fingerprint}
+    searched = {}  # how long this process spent on cnn_tuned's recipe search (about 0 where it found one finished)
     if config.method == "cnn_tuned":
+        searching = time.perf_counter()
         recipe, tags["recipe_search_run_id"] = tuned_recipe(config, dataset, experiment_id, parent_run_id, verbose)
         config = replace(config, **recipe)
+        searched[SEARCH_SECONDS] = time.perf_counter() - searching
     x_labeled, y_labeled = dataset.x_train[indices], dataset.y_train[indices]
     splits = {"test": (dataset.x_test, dataset.y_test), "val": _validation(dataset)}
     # Fixed latent points, so the per-epoch grids show one generator evolving.
@@ -107,6 +110,8 @@ def train_run(
     ):
         if resume:
             continue_stopped_run(run, parent_run_id)
+        else:
+            mlflow.log_metrics(searched)
         log_run_inputs(config, dataset, indices)
         log_new_params(device)
         if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):

@@ -5,6 +5,7 @@ read them without importing TensorFlow."""
 FINGERPRINT_TAG = "config_fingerprint"  # a run's resolved configuration and data; a sweep reuses a match
 SEARCH_TAG = "recipe_search_key"  # on a cnn_tuned recipe search: what the search depends on
 CANDIDATE_TAG = "search_candidate"  # on each recipe tried by a search (nested under it)
+SEARCH_SECONDS = "recipe_search_seconds"  # on a cnn_tuned run: its process's time in the search, not in training
 SWEEP_TAG = "sweep"  # on a sweep's parent run
 OWNER_TAG = "sweep_process"  # on a sweep's parent run: the process running it (see pipeline.owner)
 STOPS_TAG = "earlier_stops"  # on a resumed run: why each stop it was resumed from ended it (its old `error`)

@@ -30,7 +30,7 @@ from pipeline.data import labeled_subset, load_dataset
 from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.owner import is_abandoned, process_identity
 from pipeline.progress import EPOCH_LINE, SEARCH_LINE, Progress, ProgressEvent
-from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, OWNER_TAG, SWEEP_TAG, TRIALS_FILE
+from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, OWNER_TAG, SEARCH_SECONDS, SWEEP_TAG, TRIALS_FILE
 from pipeline.stopping import raise_if_stopped
 from pipeline.store import check_tracking_uri, log_new_params, newest_run, record_stop, run_destination
 
@@ -286,6 +286,8 @@ def settle(
         outcome.final_test_accuracy = run.data.metrics.get("final_test_accuracy")
         if resume:  # this process did the last part only; the arm's ETA needs the whole
             outcome.resumed, outcome.seconds = True, run.data.metrics.get("wall_seconds", outcome.seconds)
+        else:  # not the recipe search a `cnn_tuned` trial ran first: the other trials of its label count reuse it
+            outcome.seconds -= run.data.metrics.get(SEARCH_SECONDS, 0.0)
         return outcome
     killed = f"killed by {signal.Signals(-returncode).name}, its last line: " if returncode < 0 else ""
     outcome.error = (run.data.tags.get("error") if run else None) or killed + last_words()

@@ -2,12 +2,15 @@
 
 import os
 import re
+import time
 
 import mlflow
 import pandas as pd
 import pytest
 
-from pipeline.sweep import SearchGate, plan_trials, trial_command
+from pipeline.config import resolve_config
+from pipeline.schema import FINGERPRINT_TAG, SEARCH_SECONDS
+from pipeline.sweep import SearchGate, Trial, plan_trials, settle, trial_command
 
 from .conftest import assert_nothing_lost, cli, refused, tracking_store
 
@@ -182,3 +185,24 @@ def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search_nested
     )
     assert len(candidates) == 4 and set(candidates.status) == {"FINISHED"}
     assert (candidates["metrics.train_seconds"] > 0).all()
+    # one trial ran the search, the other found it finished: each run records the time its process spent on it
+    spent = runs.set_index("tags.mlflow.runName")[f"metrics.{SEARCH_SECONDS}"].sort_values()
+    search_run = mlflow.get_run(search_id).info
+    assert spent.iloc[0] < (search_run.end_time - search_run.start_time) / 1000 <= spent.iloc[1] + 0.01
+
+
+def test_a_trial_that_ran_the_recipe_search_counts_for_its_arm_without_it(store):
+    """The other trials of its label count reuse the search, so the ETA must not expect them to run it again."""
+    trial = Trial(resolve_config("cnn_tuned", "digits", 20, seed=0, profile="smoke"), "fingerprint-of-the-trial")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("settled")
+    parent = client.create_run(experiment).info.run_id
+    tags = {FINGERPRINT_TAG: trial.fingerprint, "mlflow.parentRunId": parent}
+    run = client.create_run(experiment, tags=tags).info.run_id
+    client.log_metric(run, SEARCH_SECONDS, 100.0)
+    client.log_metric(run, "wall_seconds", 20.0)
+    client.set_terminated(run, "FINISHED")
+    outcome = settle(trial, experiment, parent, 0, None, time.perf_counter() - 130, lambda: "")
+    assert outcome.status == "FINISHED" and outcome.seconds == pytest.approx(30, abs=5)
+    resumed = settle(trial, experiment, parent, 0, run, time.perf_counter() - 130, lambda: "")
+    assert resumed.resumed and resumed.seconds == 20.0  # the run's whole time, its earlier processes' included
