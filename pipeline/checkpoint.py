@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.schema import CHECKPOINT_STATE
 from pipeline.training import FitState, History, Trainer
 
-ARRAYS, META = "state.npz", "state.json"
+ARRAYS, META = "state.npz", CHECKPOINT_STATE
 
 
 def save(folder: Path, trainer: Trainer, state: FitState, fingerprint: str) -> None:

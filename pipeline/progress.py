@@ -32,6 +32,7 @@ class Progress:
         self.durations: dict[str, list[float]] = {}
         self.running: dict[str, tuple[str, float, float]] = {}  # name -> (arm, elapsed, projected total)
         self.candidates: dict[str, list[float]] = {}  # arm -> its recipe searches' candidate durations
+        self.resumed: dict[str, float] = {}  # trial -> the share of its training its checkpoint holds
         self.lock = threading.Lock()
 
     def _left(self, trial: Trial) -> float | None:
@@ -42,7 +43,7 @@ class Progress:
             return max(total - elapsed, 0.0)
         projected = [total for a, _, total in self.running.values() if a == arm]
         measured = self.durations.get(arm) or self.candidates.get(arm) or projected  # a trial ~ a candidate
-        return fmean(measured) if measured else None
+        return fmean(measured) * (1.0 - self.resumed.get(name, 0.0)) if measured else None
 
     def eta(self, remaining: list[Trial]) -> str:
         guesses = [self._left(t) for t in remaining]
@@ -50,6 +51,15 @@ class Progress:
             missing = sorted({t.config.arm for t, g in zip(remaining, guesses, strict=True) if g is None})
             return f"ETA unknown until a {', '.join(missing)} trial is measured"
         return f"ETA {clock(sum(guesses) / self.parallel)}"
+
+    def resuming(self, trial: Trial, run_id: str, epoch: int) -> None:
+        """`trial` will continue run `run_id` from its checkpoint after `epoch`: until its first epoch line,
+        what is left of it is its arm's duration less that share."""
+        with self.lock:
+            total = trial.config.train_epochs
+            self.resumed[trial.config.run_name] = min(epoch / total, 1.0)
+            if self.verbose:
+                print(f"    {trial.config.run_name}: resumes run {run_id} after epoch {epoch}/{total}", flush=True)
 
     def update(self, trial: Trial, event: ProgressEvent, remaining: list[Trial]) -> None:
         kind, *values = event

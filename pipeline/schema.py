@@ -14,5 +14,6 @@ TRIALS_FILE = "trials.json"  # in a sweep's parent run: every trial's run id, re
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens such experiments on runs
 IMAGE_KEY = "generated_images"  # the per-epoch grid of generated digits
 CHECKPOINT_DIR = "checkpoint"  # in a training run: the last epoch's checkpoint (see pipeline.checkpoint)
+CHECKPOINT_STATE = "state.json"  # in CHECKPOINT_DIR: the epoch it holds and the metric history
 CONFUSION_FIGURE = "confusion_matrix.png"  # in a training run: its reported classifier on the test split
 PER_CLASS_TABLE = "per_class_accuracy.json"  # in a training run: the same, per class (an MLflow table)

@@ -30,7 +30,15 @@ from pipeline.data import labeled_subset, load_dataset
 from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.owner import is_abandoned, process_identity
 from pipeline.progress import EPOCH_LINE, SEARCH_LINE, Progress, ProgressEvent
-from pipeline.schema import CHECKPOINT_DIR, FINGERPRINT_TAG, OWNER_TAG, SEARCH_SECONDS, SWEEP_TAG, TRIALS_FILE
+from pipeline.schema import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE,
+    FINGERPRINT_TAG,
+    OWNER_TAG,
+    SEARCH_SECONDS,
+    SWEEP_TAG,
+    TRIALS_FILE,
+)
 from pipeline.stopping import raise_if_stopped
 from pipeline.store import check_tracking_uri, log_new_params, newest_run, record_stop, run_destination
 
@@ -197,14 +205,17 @@ def _terminate(processes: list[subprocess.Popen], grace_seconds: float = 120.0) 
 RUNNING = TrialProcesses()
 
 
-def resumable(experiment_id: str, trial: Trial) -> str | None:
-    """The newest unfinished run of this trial's configuration that saved a checkpoint: a trial a
-    stopped sweep left half done, to be continued rather than restarted."""
+def resumable(experiment_id: str, trial: Trial) -> tuple[str, int] | None:
+    """The newest unfinished run of this trial's configuration that saved a checkpoint, and the epoch
+    the checkpoint holds: a trial a stopped sweep left half done, to be continued rather than restarted."""
     run = latest_run(experiment_id, trial, "attributes.status != 'FINISHED'")
     if run is None:
         return None
     saved = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path=CHECKPOINT_DIR)
-    return run.info.run_id if saved else None
+    if not any(f.path == f"{CHECKPOINT_DIR}/{CHECKPOINT_STATE}" for f in saved):
+        return None
+    state = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{CHECKPOINT_DIR}/{CHECKPOINT_STATE}")
+    return run.info.run_id, state["epoch"]
 
 
 class TrialLog:
@@ -411,7 +422,8 @@ def run_sweep(
             if existing is None:
                 pending.append(trial)
                 if not force and (unfinished := resumable(experiment_id, trial)):
-                    resumes[trial] = unfinished
+                    resumes[trial], epoch = unfinished
+                    progress.resuming(trial, resumes[trial], epoch)
                 continue
             metrics = existing.data.metrics
             outcome = _outcome(trial, "FINISHED", existing.info.run_id, True, metrics.get("wall_seconds", 0.0))

@@ -41,6 +41,17 @@ def test_an_arm_is_projected_from_its_own_trials_only(capsys):
     assert progress.eta([sgan1, cnn1]) == f"ETA {clock((380 + 60) / 2)}"  # measured beats projected
 
 
+def test_a_resumed_trial_is_projected_from_what_its_checkpoint_has_left(capsys):
+    sgan0, sgan1, sgan2 = _trial("sgan", 0), _trial("sgan", 1), _trial("sgan", 2)  # smoke: 2 epochs each
+    progress = Progress(total=3, parallel=1, verbose=True)
+    progress.resuming(sgan1, "abc123", 1)
+    assert "sgan-stacked-digits-L20-s1: resumes run abc123 after epoch 1/2" in capsys.readouterr().out
+    progress.report(_finished(sgan0, 600.0), [sgan1, sgan2])
+    assert progress.eta([sgan1, sgan2]) == f"ETA {clock(300 + 600)}"  # half of sgan1 left, all of sgan2
+    progress.epoch(sgan1, 2, 2, 580.0, "test_accuracy 0.5000", [sgan2])  # its own pace from its first line
+    assert progress.eta([sgan1, sgan2]) == f"ETA {clock(0 + 600)}"
+
+
 @pytest.mark.parametrize("reused_first", [None, "without its time", "with its time"])
 def test_a_searching_trial_is_projected_from_its_candidates(reused_first, capsys):
     tuned0, tuned1 = _trial("cnn_tuned", 0), _trial("cnn_tuned", 1)

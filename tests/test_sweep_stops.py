@@ -64,6 +64,7 @@ def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_kill
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Closed sweep run {abandoned.run_id}, left RUNNING by a sweep killed hard" in again.stdout
+    assert f"cnn-digits-L10-s0: resumes run {run.run_id} after epoch 2/3" in again.stdout
     assert re.search(
         r"\[1/1\] cnn-digits-L10-s0: finished, test accuracy 0\.\d+ in \d+m\d\ds in all \(resumed\)", again.stdout
     )
