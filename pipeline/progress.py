@@ -3,6 +3,7 @@ measured per arm, read from the lines a trial prints (`fit`'s epoch lines, the r
 
 from __future__ import annotations
 
+import heapq
 import re
 import sys
 import threading
@@ -50,7 +51,9 @@ class Progress:
         if None in guesses:
             missing = sorted({t.config.arm for t, g in zip(remaining, guesses, strict=True) if g is None})
             return f"ETA unknown until a {', '.join(missing)} trial is measured"
-        return f"ETA {clock(sum(guesses) / self.parallel)}"
+        running = [g for t, g in zip(remaining, guesses, strict=True) if t.config.run_name in self.running]
+        queued = [g for t, g in zip(remaining, guesses, strict=True) if t.config.run_name not in self.running]
+        return f"ETA {clock(makespan(running + queued, self.parallel))}"
 
     def resuming(self, trial: Trial, run_id: str, epoch: int) -> None:
         """`trial` will continue run `run_id` from its checkpoint after `epoch`: until its first epoch line,
@@ -111,6 +114,15 @@ class Progress:
             elapsed = clock(time.perf_counter() - self.started)
             print(f"[{self.done}/{self.total}] {outcome.name}: {what}{took} | elapsed {elapsed}, {self.eta(remaining)}")
             sys.stdout.flush()
+
+
+def makespan(durations: list[float], slots: int) -> float:
+    """When the last of `durations` ends if each starts, in this order, on the first of `slots` to be free (as
+    the executors hand out trials): one long trial left alone is not shared out over the slots."""
+    ends = [0.0] * slots  # a min-heap of when each slot is free
+    for duration in durations:
+        heapq.heapreplace(ends, ends[0] + duration)
+    return max(ends)
 
 
 def clock(seconds: float) -> str:

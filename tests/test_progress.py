@@ -4,7 +4,7 @@ parsing of real trial logs is covered by the sweep tests)."""
 import pytest
 
 from pipeline.config import resolve_config
-from pipeline.progress import Progress, clock
+from pipeline.progress import Progress, clock, makespan
 from pipeline.sweep import Outcome, Trial
 
 
@@ -32,13 +32,20 @@ def test_an_arm_is_projected_from_its_own_trials_only(capsys):
     assert "epoch 1/4, test_accuracy 0.5000 | trial ETA 5m00s" in line
     assert "ETA unknown until a cnn trial is measured" in line  # the SGAN's pace says nothing of the CNN's
     progress.report(_finished(cnn0, 60.0), [sgan1, cnn1])
-    # sgan0: 300 s left; sgan1: its arm's projection, 400 s; cnn1: 60 s; two at a time
-    assert progress.eta([sgan0, sgan1, cnn1]) == f"ETA {clock((300 + 400 + 60) / 2)}"
+    # sgan0: 300 s left; sgan1: its arm's projection, 400 s; cnn1: 60 s; two at a time: sgan1 in the free
+    # slot, cnn1 after sgan0
+    assert progress.eta([sgan0, sgan1, cnn1]) == f"ETA {clock(max(300 + 60, 400))}"
     progress.report(_finished(sgan0, 380.0, resumed=True), [sgan1, cnn1])
     assert "[2/4] sgan-stacked-digits-L20-s0: finished, test accuracy 0.9000 in 6m20s in all (resumed)" in (
         capsys.readouterr().out
     )
-    assert progress.eta([sgan1, cnn1]) == f"ETA {clock((380 + 60) / 2)}"  # measured beats projected
+    assert progress.eta([sgan1, cnn1]) == f"ETA {clock(380)}"  # measured beats projected; one slot each
+
+
+def test_the_sweep_ends_when_its_last_slot_does():
+    assert makespan([100, 100, 100, 100], 2) == 200
+    assert makespan([600, 50, 50, 50], 2) == 600  # a long trial alone sets the end, not the mean load
+    assert makespan([10, 20], 4) == 20 and makespan([], 2) == 0
 
 
 def test_a_resumed_trial_is_projected_from_what_its_checkpoint_has_left(capsys):
