@@ -30,6 +30,7 @@ from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEAR
 from pipeline.store import (
     check_tracking_uri,
     continue_stopped_run,
+    has_checkpoint,
     log_new_params,
     newest_run,
     register_classifier,
@@ -209,10 +210,7 @@ def drop_checkpoint(artifact_uri: str) -> None:
 
 def restore_checkpoint(run_id: str, trainer) -> FitState | None:
     """The run's last checkpoint put back into `trainer`, or None if it saved none (stopped in epoch 1)."""
-    if not any(
-        f.path == f"{CHECKPOINT_DIR}/{checkpoint.META}"
-        for f in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR)
-    ):
+    if not has_checkpoint(run_id):
         return None
     with tempfile.TemporaryDirectory() as folder:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR, dst_path=folder)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import mlflow
 
 from pipeline.config import ConfigError
-from pipeline.schema import EXPERIMENT_KIND, STOPS_TAG
+from pipeline.schema import CHECKPOINT_DIR, CHECKPOINT_STATE, EXPERIMENT_KIND, STOPS_TAG
 
 
 def check_tracking_uri(uri: str | None = None) -> str:
@@ -53,6 +53,12 @@ def newest_run(experiment_id: str, filter_string: str) -> mlflow.entities.Run | 
         output_format="list",
     )
     return found[0] if found else None
+
+
+def has_checkpoint(run_id: str) -> bool:
+    """Whether the run saved a checkpoint to resume from (none if it stopped in its first epoch)."""
+    saved = mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR)
+    return any(f.path == f"{CHECKPOINT_DIR}/{CHECKPOINT_STATE}" for f in saved)
 
 
 def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str | None]:

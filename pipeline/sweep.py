@@ -40,7 +40,14 @@ from pipeline.schema import (
     TRIALS_FILE,
 )
 from pipeline.stopping import raise_if_stopped
-from pipeline.store import check_tracking_uri, log_new_params, newest_run, record_stop, run_destination
+from pipeline.store import (
+    check_tracking_uri,
+    has_checkpoint,
+    log_new_params,
+    newest_run,
+    record_stop,
+    run_destination,
+)
 
 
 @dataclass(frozen=True)
@@ -211,8 +218,7 @@ def resumable(experiment_id: str, trial: Trial) -> tuple[str, int] | None:
     run = latest_run(experiment_id, trial, "attributes.status != 'FINISHED'")
     if run is None:
         return None
-    saved = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path=CHECKPOINT_DIR)
-    if not any(f.path == f"{CHECKPOINT_DIR}/{CHECKPOINT_STATE}" for f in saved):
+    if not has_checkpoint(run.info.run_id):
         return None
     state = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{CHECKPOINT_DIR}/{CHECKPOINT_STATE}")
     return run.info.run_id, state["epoch"]
