@@ -140,9 +140,13 @@ class Trainer:
         # autograph off: the step has no Python control flow on tensors to convert, and converting it
         # cost about a third of its tracing time (0.5 s of every run's start)
         self._run_steps = tf.function(self._steps, autograph=False)
+        # one trace per classifier for every batch size (the splits and the last batch of each differ)
+        images = [tf.TensorSpec(models.classifier.input_shape, tf.float32)]
         self._predictors = {
-            "": tf.function(lambda x: self._classes(models.classifier, x), reduce_retracing=True),
-            "_ema": tf.function(lambda x: self._classes(models.classifier_ema, x), reduce_retracing=True),
+            "": tf.function(lambda x: self._classes(models.classifier, x), input_signature=images, autograph=False),
+            "_ema": tf.function(
+                lambda x: self._classes(models.classifier_ema, x), input_signature=images, autograph=False
+            ),
         }
 
     def _discriminate(self, x: tf.Tensor, training: bool) -> list[tf.Tensor]:
