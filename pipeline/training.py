@@ -17,6 +17,7 @@ discriminator is frozen there). Evaluation uses the moving statistics, zero-debi
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from pipeline.stopping import raise_if_stopped
 
 STEPS_PER_CALL = 10  # steps per graph call: few host round trips, yet a lively progress bar
 MAX_SHIFT = 2  # pixels, for `augment="shift"`
+TRACKS = ("", "_ema")  # the raw classifier and its moving average
 
 
 def make_optimizer(config: RunConfig) -> keras.optimizers.Optimizer:
@@ -143,10 +145,8 @@ class Trainer:
         # one trace per classifier for every batch size (the splits and the last batch of each differ)
         images = [tf.TensorSpec(models.classifier.input_shape, tf.float32)]
         self._predictors = {
-            "": tf.function(lambda x: self._classes(models.classifier, x), input_signature=images, autograph=False),
-            "_ema": tf.function(
-                lambda x: self._classes(models.classifier_ema, x), input_signature=images, autograph=False
-            ),
+            track: tf.function(functools.partial(self._classes, classifier), input_signature=images, autograph=False)
+            for track, classifier in zip(TRACKS, (models.classifier, models.classifier_ema), strict=True)
         }
 
     def _discriminate(self, x: tf.Tensor, training: bool) -> list[tf.Tensor]:
@@ -294,7 +294,6 @@ def make_trainer(config: RunConfig, models: SGANModels, x_labeled, y_labeled, x_
 
 
 Split = tuple[np.ndarray, np.ndarray]
-TRACKS = ("", "_ema")  # the raw classifier and its moving average
 
 
 @dataclass
