@@ -197,9 +197,10 @@ def run_single(args: argparse.Namespace) -> int:
         labeled_subset=args.labeled_subset,
         augment=args.augment,
     )
-    from pipeline.store import check_tracking_uri
+    from pipeline.store import check_tracking_uri, launched_run_experiment
 
     check_tracking_uri()  # an unreachable store fails in a second, before TensorFlow loads
+    launched_run_experiment(config.experiment, bool(args.experiment))  # as does an experiment `mlflow run` cannot use
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
     train_run(

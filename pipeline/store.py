@@ -61,21 +61,27 @@ def has_checkpoint(run_id: str) -> bool:
     return any(f.path == f"{CHECKPOINT_DIR}/{CHECKPOINT_STATE}" for f in saved)
 
 
-def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str | None]:
-    """Where a run goes: (the experiment's real name, the id to create the run in).
-
-    The id is None when `mlflow run` already created the run (MLFLOW_RUN_ID), in the experiment named
-    by its own `--experiment-name`; an explicit, different `experiment` cannot be honoured there and
-    is refused rather than silently ignored.
-    """
+def launched_run_experiment(experiment: str, experiment_given: bool) -> str | None:
+    """The experiment of the run `mlflow run` already created for this process (MLFLOW_RUN_ID), named by
+    its own `--experiment-name`; None outside `mlflow run`. An explicit, different `experiment` cannot be
+    honoured there and is refused rather than silently ignored (the CLI asks before TensorFlow loads)."""
     launched_run = os.environ.get("MLFLOW_RUN_ID")
-    if launched_run:
-        existing = mlflow.get_experiment(mlflow.get_run(launched_run).info.experiment_id).name
-        if experiment_given and experiment != existing:
-            raise ConfigError(
-                f"experiment={experiment!r} differs from {existing!r}, where `mlflow run` already "
-                f"created this run: pass `--experiment-name {experiment}` to `mlflow run` instead"
-            )
+    if not launched_run:
+        return None
+    existing = mlflow.get_experiment(mlflow.get_run(launched_run).info.experiment_id).name
+    if experiment_given and experiment != existing:
+        raise ConfigError(
+            f"experiment={experiment!r} differs from {existing!r}, where `mlflow run` already "
+            f"created this run: pass `--experiment-name {experiment}` to `mlflow run` instead"
+        )
+    return existing
+
+
+def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str | None]:
+    """Where a run goes: (the experiment's real name, the id to create the run in); the id is None when
+    `mlflow run` already created the run (`launched_run_experiment`)."""
+    existing = launched_run_experiment(experiment, experiment_given)
+    if existing is not None:
         return existing, None
     found = mlflow.get_experiment_by_name(experiment)
     return experiment, found.experiment_id if found else mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
