@@ -197,10 +197,14 @@ def run_single(args: argparse.Namespace) -> int:
         labeled_subset=args.labeled_subset,
         augment=args.augment,
     )
-    from pipeline.store import check_tracking_uri, launched_run_experiment
+    from pipeline.store import check_tracking_uri, launched_run_experiment, unfinished_run
 
-    check_tracking_uri()  # an unreachable store fails in a second, before TensorFlow loads
-    launched_run_experiment(config.experiment, bool(args.experiment))  # as does an experiment `mlflow run` cannot use
+    # an unreachable store fails in a second, before TensorFlow loads; so do an experiment `mlflow run` cannot
+    # use and a run to resume that does not exist or has finished
+    check_tracking_uri()
+    launched_run_experiment(config.experiment, bool(args.experiment))
+    if args.resume:
+        unfinished_run(args.resume)
     from pipeline.runs import train_run  # heavy imports only once the input is known to be good
 
     train_run(

@@ -36,6 +36,7 @@ from pipeline.store import (
     register_classifier,
     run_destination,
     stops_recorded,
+    unfinished_run,
 )
 from pipeline.tracking import (
     data_params,
@@ -185,12 +186,7 @@ def train_run(
 
 def resumable_run(run_id: str, config_fingerprint: str) -> mlflow.entities.Run:
     """The run `--resume` names, if it can be continued with this configuration and data."""
-    try:
-        run = mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"resume={run_id}: no such run at tracking URI {mlflow.get_tracking_uri()}") from None
-    if run.info.status == "FINISHED":
-        raise ConfigError(f"resume={run_id}: that run already FINISHED; there is nothing to resume")
+    run = unfinished_run(run_id)
     logged = run.data.tags.get(FINGERPRINT_TAG)
     if logged != config_fingerprint:
         raise ConfigError(

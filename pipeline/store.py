@@ -87,6 +87,18 @@ def run_destination(experiment: str, experiment_given: bool) -> tuple[str, str |
     return experiment, found.experiment_id if found else mlflow.create_experiment(experiment, tags=EXPERIMENT_KIND)
 
 
+def unfinished_run(run_id: str) -> mlflow.entities.Run:
+    """The run `--resume` names, if it exists and has not finished. The CLI asks before TensorFlow loads;
+    whether the run's configuration and data are these is checked once the data is (`runs.resumable_run`)."""
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"resume={run_id}: no such run at tracking URI {mlflow.get_tracking_uri()}") from None
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"resume={run_id}: that run already FINISHED; there is nothing to resume")
+    return run
+
+
 def log_new_params(params: dict[str, object]) -> None:
     """Log params, skipping those `mlflow run` already logged from its entry-point parameters
     (params are immutable, and its raw values, such as `epochs=''`, would clash)."""

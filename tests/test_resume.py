@@ -1,6 +1,8 @@
 """Checkpoints and resume of one run, with real processes and a real SIGKILL."""
 
 import re
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -72,3 +74,27 @@ def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_floa
     for name in ("final_test_accuracy", "final_test_accuracy_ema", "selected_epoch"):
         assert after.data.metrics[name] == reference.data.metrics[name], name
     assert after.data.metrics["wall_seconds"] > after.data.metrics["train_seconds"]  # both over all its processes
+
+
+def test_what_cannot_be_resumed_or_honoured_is_refused_before_tensorflow_loads(store, tmp_path):
+    """A run id that does not exist or has finished, and an experiment other than the one `mlflow run` made the
+    run in, are refused in a second: before the TensorFlow start-up and the data (in a fresh Python)."""
+    client = mlflow.MlflowClient()
+    finished = client.create_run(client.create_experiment("done")).info.run_id
+    client.set_terminated(finished, "FINISHED")
+    code = (
+        "import os, sys\n"
+        "from pipeline.cli import main\n"
+        "run = ['cnn', '--dataset', 'digits', '--profile', 'smoke']\n"
+        "codes = [main([*run, '--resume', r]) for r in sys.argv[1:]]\n"
+        "os.environ['MLFLOW_RUN_ID'] = sys.argv[2]  # as `mlflow run` launches its command\n"
+        "codes.append(main([*run, '--experiment', 'elsewhere']))\n"
+        "print(*codes, any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
+    )
+    missing = "0123456789abcdef0123456789abcdef"
+    result = subprocess.run(
+        [sys.executable, "-c", code, missing, finished], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert result.stdout.split() == ["2", "2", "2", "False"], result.stderr[-3000:]
+    assert f"resume={missing}: no such run" in result.stderr and "already FINISHED" in result.stderr
+    assert "pass `--experiment-name elsewhere` to `mlflow run`" in result.stderr
