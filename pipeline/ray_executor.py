@@ -40,6 +40,7 @@ FORWARDED_ENV = (
     "TF_CPP_MIN_LOG_LEVEL",
 )
 STOP_GRACE_SECONDS = 180  # for cancelled tasks to stop their trials and close their runs
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication
 INSTALL_HINT = "pip install -e '.[ray]' (Ray 2.40 to 2.x)"
 
 
@@ -66,6 +67,24 @@ def check_tracking_for_cluster(tracking_uri: str, remote_nodes: list[str]) -> No
             "--backend-store-uri sqlite:///mlflow.db` on a machine every node reaches and pass its "
             "http:// URI as MLFLOW_TRACKING_URI"
         )
+
+
+def join_failure(address: str | None, err: Exception) -> str:
+    """Why Ray could not connect, from the last line of what it raised (its own message is the last line of a
+    traceback inside the error), and what to do when the cause is token authentication: a cluster with it
+    refuses a driver without RAY_AUTH_MODE=token, and Ray offers a token by itself only to a cluster it found
+    on this machine (no address, or `auto`), never to one named by its address."""
+    reason = str(err.__cause__ or err).strip().splitlines()[-1].removeprefix("ray.exceptions.")
+    reason = reason.split(" Note: ")[0].rstrip(".")  # Ray's advice follows; ours, shorter, below
+    if not address:
+        return f"could not start or join a local Ray instance: {reason}"
+    message = f"could not join the Ray cluster at {address!r}: {reason}"
+    if "AuthToken" in reason or "Authentication" in reason:
+        message += (
+            f"; the cluster uses token authentication: set {AUTH_MODE_ENV}=token and give its token in "
+            "RAY_AUTH_TOKEN or ~/.ray/auth_token (`ray get-auth-token` on the head node prints it)"
+        )
+    return message
 
 
 class StopFlag:
@@ -127,13 +146,16 @@ class RayExecutor:
         env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
         env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
         handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-        ray.init(
-            address=self.address,
-            runtime_env={"env_vars": env},
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        try:
+            ray.init(
+                address=self.address,
+                runtime_env={"env_vars": env},
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except ConnectionError as err:  # before the sweep's run exists: refused like any bad input
+            raise ConfigError(join_failure(self.address, err)) from err
         self.started = True
         for signum, handler in handlers.items():  # Ray's own SIGTERM handler would abort the sweep mid-stop
             signal.signal(signum, handler)

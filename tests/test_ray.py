@@ -1,11 +1,17 @@
-"""`--executor ray` on a real local Ray instance (this machine's CPUs): the same trials, runs, reuse,
-failure records and stops as the local executor, through SQLite and through a real `mlflow server`."""
+"""`--executor ray` on real Ray: a cluster started with `ray start` and joined by address, and a local
+instance the sweep starts itself; the same trials, runs, reuse, failure records and stops as the local executor,
+through a real `mlflow server` and through SQLite."""
 
+import contextlib
+import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 
 import mlflow
+import psutil
 import pytest
 
 from pipeline.config import ConfigError
@@ -20,15 +26,64 @@ pytest.importorskip("ray", reason="the ray extra is not installed: pip install -
 RAY_SWEEP = ["sweep", "--dataset", "digits", "--profile", "smoke", "--executor", "ray", "--cpus-per-trial", "1"]
 
 
-def test_a_ray_sweep_nests_every_trial_records_a_failure_loses_nothing_and_a_rerun_reuses_the_rest(
-    mlflow_server, tmp_path, monkeypatch
+@pytest.fixture
+def ray_cluster(tmp_path_factory):
+    """A Ray cluster started as on a head node (`ray start --head`), with token authentication: its address,
+    and what a driver needs to join it (RAY_AUTH_MODE and the token). Its own temp dir keeps it out of sight of
+    a plain `ray.init()`, which would otherwise join the last cluster `ray start` made on this machine."""
+    folder = tmp_path_factory.mktemp("ray")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    head = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-cpus", "2", "--port", str(port)]
+    head += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(folder)]
+    log = folder / "ray-start.log"  # a file, not a pipe: the cluster's daemons keep what they inherit open
+    with log.open("w") as out:  # in a process group of its own, which the cluster's processes inherit
+        start = subprocess.Popen(head, env={**os.environ, **auth}, stdout=out, stderr=out, start_new_session=True)
+        assert start.wait(timeout=180) == 0, log.read_text()[-3000:]
+    try:
+        yield (folder / "ray_current_cluster").read_text().strip(), auth
+    finally:  # only this cluster's processes (`ray stop` stops every Ray instance of this user), at once:
+        group = [proc for proc in psutil.process_iter() if _group(proc) == start.pid]  # its GCS outlives SIGTERM
+        procs = {each for proc in group for each in (proc, *_children(proc))}  # workers have groups of their own
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=30)
+
+
+def _group(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return None
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_nothing_and_a_rerun_reuses_the_rest(
+    ray_cluster, mlflow_server, tmp_path, monkeypatch
 ):
-    """Through a real `mlflow server`, what a cluster's nodes share (the SIGTERM test below uses SQLite)."""
+    """A cluster joined by its address, through a real `mlflow server`: what a cluster's nodes share (the SIGTERM
+    test below has the sweep start a local instance, with SQLite)."""
+    address, auth = ray_cluster
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     args = [*RAY_SWEEP, "--labels", "10,20", "--seeds", "0", "--experiment", "on-ray"]
-    first = cli(*args, cwd=tmp_path, env={"SGAN_FAIL_RUNS": "cnn-digits-L10-s0"})
+    quick = {"RAY_gcs_server_port_wait_time_s": "2"}  # Ray retries a refused connection for 20 s by default
+    without_token = cli(*args, "--ray-address", address, cwd=tmp_path, env=quick)
+    assert without_token.returncode == 2, without_token.stderr[-3000:]
+    assert f"error: could not join the Ray cluster at '{address}': AuthenticationError" in without_token.stderr
+    assert "the cluster uses token authentication: set RAY_AUTH_MODE=token" in without_token.stderr
+    assert mlflow.get_experiment_by_name("on-ray") is None  # refused before any run
+    first = cli(*args, "--ray-address", address, cwd=tmp_path, env={**auth, "SGAN_FAIL_RUNS": "cnn-digits-L10-s0"})
     assert first.returncode == 1, first.stderr[-3000:]
     assert "epoch 2/2" in first.stdout and "[4/4]" in first.stdout and "1 failed" in first.stdout
     parent = _parents("on-ray").iloc[0]
@@ -41,7 +96,7 @@ def test_a_ray_sweep_nests_every_trial_records_a_failure_loses_nothing_and_a_rer
     assert_nothing_lost(finished, epochs=2)  # two trials ran at once (2 CPUs, 1 per trial)
     logs = mlflow.artifacts.list_artifacts(run_id=parent.run_id, artifact_path="trial_logs")
     assert len(logs) == 4
-    second = cli(*args, cwd=tmp_path)
+    second = cli(*args, cwd=tmp_path, env={**auth, "RAY_ADDRESS": address})  # Ray's own way to name the cluster
     assert second.returncode == 0, second.stderr[-3000:]
     assert "4/4 trials finished (3 reused), 0 failed" in second.stdout
     runs = _trial_runs("on-ray")
