@@ -171,6 +171,9 @@ class RayExecutor:
                     f"gpus_per_trial={self.gpus_per_trial}, but the Ray cluster has {resources.get('GPU', 0)} GPUs"
                 )
         self.slots = max(1, int(slots))
+        where = ray.get_runtime_context().gcs_address
+        cpus = resources.get("CPU", 0)
+        print(f"Ray cluster at {where}: {len(nodes)} node(s), {cpus:g} CPUs, {self.slots} trials at once", flush=True)
 
     def run(self, pending, resumes, experiment_id, parent_run_id, progress: Progress, outcomes) -> None:
         import ray

@@ -77,7 +77,7 @@ def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_n
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
     args = [*RAY_SWEEP, "--labels", "10,20", "--seeds", "0", "--experiment", "on-ray"]
-    quick = {"RAY_gcs_server_port_wait_time_s": "2"}  # Ray retries a refused connection for 20 s by default
+    quick = {"RAY_AUTH_MODE": "disabled", "RAY_gcs_server_port_wait_time_s": "2"}  # Ray retries for 20 s by default
     without_token = cli(*args, "--ray-address", address, cwd=tmp_path, env=quick)
     assert without_token.returncode == 2, without_token.stderr[-3000:]
     assert f"error: could not join the Ray cluster at '{address}': AuthenticationError" in without_token.stderr
@@ -99,6 +99,8 @@ def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_n
     second = cli(*args, cwd=tmp_path, env={**auth, "RAY_ADDRESS": address})  # Ray's own way to name the cluster
     assert second.returncode == 0, second.stderr[-3000:]
     assert "4/4 trials finished (3 reused), 0 failed" in second.stdout
+    joined = f"Ray cluster at {address}: 1 node(s), 2 CPUs, 2 trials at once"  # the fixture's, both times
+    assert joined in first.stdout and joined in second.stdout
     runs = _trial_runs("on-ray")
     assert len(runs) == 5 and (runs.status == "FINISHED").sum() == 4
 
