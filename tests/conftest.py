@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import io
 import os
 import shutil
@@ -24,7 +25,11 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from pipeline.cli import GC_THRESHOLDS
+
 pytest_plugins = ["tests.cpu_report"]  # `--cpu-top N`
+
+gc.set_threshold(*GC_THRESHOLDS)  # as in every command's process: this one imports TensorFlow and trains too
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SGAN_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
