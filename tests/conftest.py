@@ -165,12 +165,17 @@ def refused(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.CompletedProcess(["pipeline", *args], code, out.getvalue(), err.getvalue())
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on at this moment."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts proxied): the client-server path."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,

@@ -4,7 +4,6 @@ against a real SQLite store and a real `mlflow server`."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pipeline.data import load_dataset
 from pipeline.registry import CHOSEN_BY, choose_best
 from pipeline.runs import train_run
 
-from .conftest import cli, new_store, tracking_store, wait_until_up
+from .conftest import cli, free_port, new_store, tracking_store, wait_until_up
 
 
 def _models(run) -> dict:
@@ -125,18 +124,12 @@ def test_the_sweeps_registered_classifier_is_chosen_on_validation_never_on_test(
     assert chosen.loc[50, "run_id"] == "c0"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_served_classifier_answers_http_with_class_probabilities(smoke_runs, tmp_path):
     folder, (run, _) = smoke_runs
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     model_id = _models(run)["classifier"].model_id
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": uri,

@@ -6,9 +6,9 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import psutil
@@ -17,7 +17,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.ray_executor import check_tracking_for_cluster
 
-from .conftest import assert_nothing_lost, cli, refused, started, wait_until
+from .conftest import assert_nothing_lost, cli, free_port, refused, started, wait_until
 from .test_sweep import _parents, _trial_runs
 from .test_sweep_stops import _processes_mentioning
 
@@ -32,9 +32,7 @@ def ray_cluster(tmp_path_factory):
     and what a driver needs to join it (RAY_AUTH_MODE and the token). Its own temp dir keeps it out of sight of
     a plain `ray.init()`, which would otherwise join the last cluster `ray start` made on this machine."""
     folder = tmp_path_factory.mktemp("ray")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-cpus", "2", "--port", str(port)]
     head += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(folder)]
@@ -76,6 +74,11 @@ def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_n
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
+    nowhere = f"127.0.0.1:{free_port()}"  # an address nobody answers at, tried once by Ray (20 times by default):
+    aside = ThreadPoolExecutor(1)  # still about 40 s, so that sweep runs while the rest of this test does
+    once = {"RAY_gcs_server_port_wait_time_s": "1"}
+    nowhere_args = [*RAY_SWEEP, "--ray-address", nowhere, "--experiment", "nowhere"]
+    unanswered = aside.submit(cli, *nowhere_args, cwd=tmp_path, env=once)
     args = [*RAY_SWEEP, "--labels", "10,20", "--seeds", "0", "--experiment", "on-ray"]
     quick = {"RAY_AUTH_MODE": "disabled", "RAY_gcs_server_port_wait_time_s": "2"}  # Ray retries for 20 s by default
     without_token = cli(*args, "--ray-address", address, cwd=tmp_path, env=quick)
@@ -101,6 +104,12 @@ def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_n
     assert "4/4 trials finished (3 reused), 0 failed" in second.stdout
     joined = f"Ray cluster at {address}: 1 node(s), 2 CPUs, 2 trials at once"  # the fixture's, both times
     assert joined in first.stdout and joined in second.stdout
+    refused_join = unanswered.result(timeout=300)
+    aside.shutdown()
+    assert refused_join.returncode == 2, refused_join.stderr[-3000:]
+    assert f"error: could not join the Ray cluster at '{nowhere}': RpcError" in refused_join.stderr
+    assert "token" not in refused_join.stderr.split("error: ")[-1]  # no advice that does not apply
+    assert mlflow.get_experiment_by_name("nowhere") is None  # refused before any run
     runs = _trial_runs("on-ray")
     assert len(runs) == 5 and (runs.status == "FINISHED").sum() == 4
 

@@ -1,7 +1,6 @@
 """Whole tracked runs against real SQLite MLflow stores, on digits and a small MNIST slice."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.runs import train_run
 
-from .conftest import cli, refused, tracking_store
+from .conftest import cli, free_port, refused, tracking_store
 
 SGAN_LOSSES = ["loss_supervised", "loss_unsupervised_real", "loss_unsupervised_fake", "loss_generator"]
 
@@ -151,12 +150,6 @@ def test_a_failure_after_the_run_started_marks_it_failed_and_keeps_what_was_logg
     assert "not-a-folder" in run.data.tags["error"]
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -194,7 +187,7 @@ def test_unreadable_data_file_is_reported_with_its_path(store, tmp_path):
 
 
 def test_unreachable_tracking_uri_fails_fast(store):
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     code = (
         "import sys\nfrom pipeline.cli import main\n"
         "code = main(['cnn', '--dataset', 'digits', '--profile', 'smoke'])\n"
