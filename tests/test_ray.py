@@ -39,8 +39,8 @@ def ray_cluster(tmp_path_factory):
     log = folder / "ray-start.log"  # a file, not a pipe: the cluster's daemons keep what they inherit open
     with log.open("w") as out:  # in a process group of its own, which the cluster's processes inherit
         start = subprocess.Popen(head, env={**os.environ, **auth}, stdout=out, stderr=out, start_new_session=True)
+    try:  # a start that fails or hangs half-way is cleaned up too
         assert start.wait(timeout=180) == 0, log.read_text()[-3000:]
-    try:
         yield (folder / "ray_current_cluster").read_text().strip(), auth
     finally:  # only this cluster's processes (`ray stop` stops every Ray instance of this user), at once:
         group = [proc for proc in psutil.process_iter() if _group(proc) == start.pid]  # its GCS outlives SIGTERM
