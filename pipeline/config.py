@@ -48,6 +48,13 @@ class Architecture:
     why: str
     source_baseline: dict[str, object] | None = None
     batchnorm: str = "none"  # how its BatchNorm keeps moving statistics ("none": it has no BatchNorm)
+    # the parts of its source's recipe that go with the networks (derived from the architecture, so already in
+    # every run's arm and fingerprint):
+    discriminator_step: str = "separate"  # "separate": supervised, real, generated updates; "joint": one update
+    latent: str = "normal"  # the generator's noise: standard normal, or uniform on [0, 1)
+    labeled_batches: str = "uniform"  # "uniform": drawn with replacement; "tiled": every labeled image equally often
+    variants: tuple[str, ...] = VARIANTS  # the SGAN variants its discriminator can be built as
+    baseline_name: str = "cnn"  # what its supervised baseline is called in reports (the network is not a CNN)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -60,6 +67,17 @@ ARCHITECTURES: dict[str, Architecture] = {
         "0.01, dropout 0.5; a BatchNorm generator from 7x7x256",
         {"epochs": 30, "batch_size": 32, "discriminator_batch": 32, "learning_rate": 1e-3, "beta_1": 0.9},
         batchnorm="zero_debiased",  # as Keras 2 kept them, which the book used (`DebiasedBatchNormalization`)
+    ),
+    "improved_gan": Architecture(
+        "Salimans et al. (2016), openai/improved-gan's MNIST code: a weight-normalized ReLU MLP discriminator "
+        "(1000-500-250-250-250, Gaussian noise 0.3 on the input and 0.5 after every hidden layer, data-dependent "
+        "initialization) and a 500-500 softplus BatchNorm MLP generator; one joint discriminator update, feature "
+        "matching; its supervised baselines are that MLP",
+        discriminator_step="joint",
+        latent="uniform",
+        labeled_batches="tiled",
+        variants=("stacked",),
+        baseline_name="mlp",
     ),
 }
 
@@ -75,6 +93,7 @@ class Profile:
     discriminator_batch: int = 50  # labeled, real and generated images per discriminator update
     learning_rate: float = 2e-4
     beta_1: float = 0.5
+    ema_decay: float = 0.999  # of the moving average of the classifier's weights
 
 
 PROFILES: dict[str, Profile] = {
@@ -102,6 +121,17 @@ PROFILES: dict[str, Profile] = {
         discriminator_batch=32,
         learning_rate=1e-3,
         beta_1=0.9,
+    ),
+    "improved_gan": Profile(
+        300,
+        600,
+        "the improved-gan MNIST protocol: 300 epochs of 600 iterations, batches of 100 labeled, 100 unlabeled and "
+        "100 generated images, Adam 3e-3 / 0.5, the classifier's weights averaged with decay 0.9999",
+        batch_size=100,
+        discriminator_batch=100,
+        learning_rate=3e-3,
+        beta_1=0.5,
+        ema_decay=0.9999,
     ),
 }
 
@@ -155,9 +185,14 @@ class RunConfig:
 
     @property
     def labeled_sampling(self) -> str:
-        """How labeled batches are drawn: `uniform` (with replacement, every step) or `passes` (shuffled
-        passes over the labeled images, the supervised recipe of `cnn_source`)."""
-        return "passes" if self.method == "cnn_source" else "uniform"
+        """How labeled batches are drawn: `uniform` (with replacement, every step), `passes` (shuffled
+        passes over the labeled images, the supervised recipe of `cnn_source`) or `tiled` (improved-gan's:
+        every labeled image equally often in each batch; see `pipeline.training.tiled_indices`)."""
+        return "passes" if self.method == "cnn_source" else ARCHITECTURES[self.architecture].labeled_batches
+
+    @property
+    def networks(self) -> Architecture:
+        return ARCHITECTURES[self.architecture]
 
     @property
     def total_steps(self) -> int:
@@ -176,7 +211,11 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        tag = f"{self.method}-{self.variant}" if self.method == "sgan" else self.method
+        tag = (
+            f"{self.method}-{self.variant}"
+            if self.method == "sgan"
+            else baseline_display(self.method, self.architecture)
+        )
         if self.method == "sgan" and self.generator_loss == "feature_matching":
             tag += "-fm"
         if self.method in AUGMENTED_METHODS and self.augment != "none":
@@ -205,8 +244,9 @@ def arm_name(
 ) -> str:
     """An arm is everything that defines a method's recipe (not the data, the protocol or the seed), as
     one readable name: `sgan stacked`, `sgan two_head feature matching bfloat16`, `sgan stacked shift`,
-    `cnn_tuned` (whatever its search chose), `cnn_source gans_in_action`."""
-    parts = [method]
+    `cnn_tuned` (whatever its search chose), `cnn_source gans_in_action`; a baseline of an architecture
+    whose network is no CNN is named after it (`mlp_tuned improved_gan`)."""
+    parts = [baseline_display(method, architecture)]
     if method == "sgan":
         parts.append(variant)
         if generator_loss not in ("non_saturating", "none"):
@@ -218,6 +258,18 @@ def arm_name(
     if architecture != "mlm":
         parts.append(architecture)
     return " ".join(parts)
+
+
+def baseline_display(method: str, architecture: str = "mlm") -> str:
+    """A method's name as runs and reports show it: `cnn`, `cnn_tuned` ... say what the baseline's network
+    is (`mlp`, `mlp_tuned` for improved-gan's MLP); the method (the CLI command, the `method` tag) stays."""
+    name = ARCHITECTURES[architecture].baseline_name if architecture in ARCHITECTURES else "cnn"
+    return name + method[len("cnn") :] if method in BASELINES else method
+
+
+def is_baseline_arm(arm: str) -> bool:
+    """Whether an arm name is a supervised baseline's, whatever its network is called."""
+    return arm.split()[0] in {baseline_display(m, a) for m in BASELINES for a in ARCHITECTURES}
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
@@ -288,6 +340,11 @@ def resolve_config(
             f"method=cnn_source: architecture={architecture!r} has no supervised baseline in its source; "
             f"use cnn or cnn_tuned, or an architecture with one ({with_one})"
         )
+    if method == "sgan" and variant not in ARCHITECTURES[architecture].variants:
+        raise ConfigError(
+            f"variant={variant!r}: the {architecture} discriminator is built as "
+            f"{', '.join(ARCHITECTURES[architecture].variants)} only"
+        )
     validate_labels(labels)
     _positive("epochs", epochs)
     _positive("steps_per_epoch", steps_per_epoch)
@@ -299,9 +356,14 @@ def resolve_config(
         "discriminator_batch": chosen.discriminator_batch,
         "learning_rate": chosen.learning_rate,
         "beta_1": chosen.beta_1,
+        "ema_decay": chosen.ema_decay,
     }
     if method == "cnn_source":
-        recipe = {**{k: v for k, v in source.items() if k != "epochs"}, "source_epochs": source["epochs"]}
+        recipe = {
+            **{k: v for k, v in source.items() if k != "epochs"},
+            "source_epochs": source["epochs"],
+            "ema_decay": chosen.ema_decay,
+        }
     return RunConfig(
         method=method,
         dataset=dataset,

@@ -1,7 +1,9 @@
 """The SGAN networks of the two sources, by `architecture`:
 
 - `mlm`: the Machine Learning Mastery tutorial's (Odena 2016 / Salimans et al. 2016 style);
-- `gans_in_action`: GANs in Action (Langr and Bok), chapter 7, with BatchNorm in both networks.
+- `gans_in_action`: GANs in Action (Langr and Bok), chapter 7, with BatchNorm in both networks;
+- `improved_gan`: Salimans et al. (2016)'s MNIST MLPs, weight-normalized (`pipeline.layers`), with
+  Gaussian noise in the discriminator.
 
 The discriminator returns `(class_logits, aux)`: K class logits, and for the variants that need it one
 extra logit (`two_head`: the real/fake logit; `k_plus_one`: the logit of the "generated" class). How
@@ -17,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
 from pipeline.data import IMAGE_SHAPE
+from pipeline.layers import WeightNormDense
 
 
 @dataclass
@@ -88,6 +92,8 @@ def discriminator_body(
     is the same function either side of a reshape). Its BatchNorm is `DebiasedBatchNormalization`, or the
     stock layer with `portable=True`."""
     x = inputs
+    if architecture == "improved_gan":
+        return improved_gan_body(x, portable)
     if architecture == "gans_in_action":
         for i, filters in enumerate((32, 64, 128)):
             x = layers.Conv2D(filters, 3, strides=2, padding="same", name=f"conv{i + 1}")(x)
@@ -104,13 +110,42 @@ def discriminator_body(
     return features, layers.Dropout(rate, name="dropout")(features)
 
 
+IMPROVED_GAN_UNITS = (1000, 500, 250, 250, 250)
+FEATURE_LAYER = "dense5"  # the last hidden layer: what improved-gan's feature matching compares
+
+
+def _dense(units: int, name: str, portable: bool, activation=None, trainable_scale: bool = False, initializer=None):
+    """A weight-normalized dense layer, or with `portable=True` the stock `Dense` that holds its kernel."""
+    if portable:
+        return layers.Dense(units, activation=activation, name=name)
+    initializer = initializer or keras.initializers.RandomNormal(stddev=0.1)  # improved-gan's `theta`
+    return WeightNormDense(units, activation, trainable_scale, initializer, name=name)
+
+
+def improved_gan_body(inputs: keras.KerasTensor, portable: bool = False) -> tuple[keras.KerasTensor, ...]:
+    """Pixels back to [0, 1] (improved-gan's range), Gaussian noise of 0.3 on them, then weight-normalized
+    ReLU layers of 1000, 500, 250, 250 and 250 units, each followed by Gaussian noise of 0.5 (on in
+    training only). Features: the last hidden layer's output before its noise; the heads read it after."""
+    x = layers.Rescaling(0.5, offset=0.5, name="unit_range")(inputs)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.GaussianNoise(0.3, name="noise0")(x)
+    for i, units in enumerate(IMPROVED_GAN_UNITS):
+        x = _dense(units, f"dense{i + 1}", portable, "relu")(x)
+        features = x
+        x = layers.GaussianNoise(0.5, name=f"noise{i + 1}")(x)
+    return features, x
+
+
 def build_discriminator(
     variant: str, num_classes: int, architecture: str = "mlm", portable: bool = False
 ) -> tuple[keras.Model, keras.Model, keras.Model]:
     """Return (discriminator, classifier, features); `variant="none"` builds a baseline's classifier."""
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     features, dropped = discriminator_body(inputs, architecture, portable)
-    class_logits = layers.Dense(num_classes, name="class_logits")(dropped)
+    if architecture == "improved_gan":  # weight-normalized too, with a learned scale
+        class_logits = _dense(num_classes, "class_logits", portable, trainable_scale=True)(dropped)
+    else:
+        class_logits = layers.Dense(num_classes, name="class_logits")(dropped)
     outputs = [class_logits]
     if variant in ("two_head", "k_plus_one"):
         head = "real_fake_logit" if variant == "two_head" else "fake_class_logit"
@@ -219,6 +254,8 @@ def build_generator(latent_dim: int, portable: bool = False, architecture: str =
     LeakyReLU 0.01, then one of 1 filter (stride 2) and tanh.
     Transposed convolutions are `SummedBiasConv2DTranspose`, or stock with `portable=True`."""
     z = keras.Input((latent_dim,), name="latent")
+    if architecture == "improved_gan":
+        return improved_gan_generator(z, portable)
     transposed = layers.Conv2DTranspose if portable else SummedBiasConv2DTranspose
     if architecture == "gans_in_action":
         x = layers.Dense(7 * 7 * 256, name="project")(z)
@@ -241,7 +278,29 @@ def build_generator(latent_dim: int, portable: bool = False, architecture: str =
     return keras.Model(z, image, name="generator")
 
 
-FAST_LAYERS = (ImageConv2D, SummedBiasConv2DTranspose, DebiasedBatchNormalization)  # what `portable_copy` replaces
+def improved_gan_generator(z: keras.KerasTensor, portable: bool = False) -> keras.Model:
+    """Two dense layers of 500 without bias, each BatchNorm (a learned shift, no scale; improved-gan's
+    statistics: epsilon 1e-6, momentum 0.9) then softplus; a weight-normalized sigmoid layer of 784
+    pixels with a learned scale (improved-gan's `l2normalize`, no data-dependent initialization), brought
+    from [0, 1] to this project's [-1, 1]."""
+    x = z
+    for i in range(2):
+        x = layers.Dense(500, use_bias=False, name=f"dense{i + 1}")(x)
+        x = layers.BatchNormalization(scale=False, epsilon=1e-6, momentum=0.9, name=f"batchnorm{i + 1}")(x)
+        x = layers.Activation("softplus", name=f"softplus{i + 1}")(x)
+    glorot = keras.initializers.GlorotUniform()  # Lasagne's DenseLayer default, which `l2normalize` wraps
+    x = _dense(int(np.prod(IMAGE_SHAPE)), "pixels", portable, "sigmoid", trainable_scale=True, initializer=glorot)(x)
+    x = layers.Rescaling(2.0, offset=-1.0, name="signed_range")(x)
+    image = layers.Reshape(IMAGE_SHAPE, name="image", dtype="float32")(x)
+    return keras.Model(z, image, name="generator")
+
+
+FAST_LAYERS = (
+    ImageConv2D,
+    SummedBiasConv2DTranspose,
+    DebiasedBatchNormalization,
+    WeightNormDense,
+)  # what `portable_copy` replaces
 
 
 def portable_copy(model: keras.Model, architecture: str = "mlm") -> keras.Model:
@@ -255,8 +314,10 @@ def portable_copy(model: keras.Model, architecture: str = "mlm") -> keras.Model:
     else:
         copy = build_discriminator("none", model.output_shape[-1], architecture, portable=True)[1]
     for source, target in zip(model.layers, copy.layers, strict=True):
-        # a DebiasedBatchNormalization's own statistics follow the stock layer's four weights
-        target.set_weights(source.get_weights()[: len(target.weights)])
+        if isinstance(source, WeightNormDense):
+            target.set_weights(source.portable_weights())
+        else:  # a DebiasedBatchNormalization's own statistics follow the stock layer's four weights
+            target.set_weights(source.get_weights()[: len(target.weights)])
     return copy
 
 

@@ -100,7 +100,8 @@ def train_run(
     x_labeled, y_labeled = dataset.x_train[indices], dataset.y_train[indices]
     splits = {"test": (dataset.x_test, dataset.y_test), "val": _validation(dataset)}
     # Fixed latent points, so the per-epoch grids show one generator evolving.
-    latent = np.random.default_rng(config.seed).standard_normal((config.grid_size**2, config.latent_dim))
+    points, shape = np.random.default_rng(config.seed), (config.grid_size**2, config.latent_dim)
+    latent = points.random(shape) if config.networks.latent == "uniform" else points.standard_normal(shape)
     latent = latent.astype(np.float32)
 
     started_run = {"run_id": resume} if resume else {"run_name": config.run_name, "parent_run_id": parent_run_id}

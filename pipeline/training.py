@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import RunConfig
+from pipeline.layers import WeightNormDense, initialize_from_data
 from pipeline.models import SGANModels
 from pipeline.objectives import (
     feature_matching_loss,
@@ -121,6 +122,30 @@ class LabeledPasses:
         return indices
 
 
+def tiled_indices(rng: tf.random.Generator, count: int, batch: int) -> tf.Tensor:
+    """improved-gan's labeled batches: the labeled images in a fresh random order, repeated to fill the
+    batch, so each batch holds every labeled image equally often (exactly so when the count divides the
+    batch: 100 labels in batches of 100 are all 100 images every step); with more labeled images than the
+    batch, a draw without replacement."""
+    order = tf.argsort(rng.uniform([count]))
+    return tf.gather(order, tf.range(batch) % count)
+
+
+INIT_IMAGES = 500  # improved-gan's data-dependent initialization batch
+
+
+def initialize_weight_norm(models: SGANModels, x_unlabeled: np.ndarray, seed: int) -> None:
+    """The data-dependent initialization of a weight-normalized discriminator, on `INIT_IMAGES` unlabeled
+    images drawn by the run's seed; the moving average starts from the initialized weights."""
+    if not any(isinstance(layer, WeightNormDense) for layer in models.discriminator.layers):
+        return
+    chosen = np.random.default_rng(seed).choice(
+        len(x_unlabeled), size=min(INIT_IMAGES, len(x_unlabeled)), replace=False
+    )
+    initialize_from_data(models.discriminator, tf.constant(x_unlabeled[np.sort(chosen)], tf.float32))
+    models.classifier_ema.set_weights(models.classifier.get_weights())
+
+
 class Trainer:
     """The CNN baselines: supervised updates on the labeled subset only."""
 
@@ -136,6 +161,7 @@ class Trainer:
         self.passes = None
         if config.labeled_sampling == "passes":
             self.passes = LabeledPasses(len(x_labeled), config.discriminator_batch, self.rng)
+        initialize_weight_norm(models, x_unlabeled, config.seed)
         self.supervised_optimizer = make_optimizer(config)
         self.supervised_optimizer.build(models.discriminator.trainable_variables)
         self.average = MovingAverage(models.classifier, models.classifier_ema, config.ema_decay)
@@ -158,14 +184,22 @@ class Trainer:
     def _sample(self, images: tf.Tensor, n: int) -> tf.Tensor:
         return self.rng.uniform([n], 0, tf.shape(images, out_type=tf.int64)[0], dtype=tf.int64)
 
-    def _supervised_update(self) -> tf.Tensor:
+    def _labeled_batch(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """Labeled images and labels for one supervised loss, drawn as `config.labeled_sampling` says and
+        augmented as `config.augment` says."""
         if self.passes is not None:
             idx = self.passes.next()
+        elif self.config.labeled_sampling == "tiled":
+            idx = tiled_indices(self.rng, len(self.y_labeled), self.config.discriminator_batch)
         else:
             idx = self._sample(self.x_labeled, self.config.discriminator_batch)
         x, y = tf.gather(self.x_labeled, idx), tf.gather(self.y_labeled, idx)
         if self.config.augment == "shift":
             x = shift_images(x, self.rng)
+        return x, y
+
+    def _supervised_update(self) -> tf.Tensor:
+        x, y = self._labeled_batch()
         variables = self.models.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             loss = supervised_loss(y, self._discriminate(x, training=True)[0])
@@ -228,8 +262,10 @@ class SGANTrainer(Trainer):
 
     def __init__(self, config: RunConfig, models: SGANModels, x_labeled, y_labeled, x_unlabeled):
         super().__init__(config, models, x_labeled, y_labeled, x_unlabeled)
-        self.unsupervised_optimizer = make_optimizer(config)
-        self.unsupervised_optimizer.build(models.discriminator.trainable_variables)
+        self.unsupervised_optimizer = None
+        if config.networks.discriminator_step == "separate":
+            self.unsupervised_optimizer = make_optimizer(config)
+            self.unsupervised_optimizer.build(models.discriminator.trainable_variables)
         self.generator_optimizer = make_optimizer(config)
         self.generator_optimizer.build(models.generator.trainable_variables)
         self.discriminator_statistics = moving_statistics(models.discriminator)
@@ -247,7 +283,7 @@ class SGANTrainer(Trainer):
     def state_variables(self) -> dict[str, tf.Variable]:
         groups = {
             "generator": self.models.generator.variables,
-            "unsupervised_optimizer": self.unsupervised_optimizer.variables,
+            "unsupervised_optimizer": self.unsupervised_optimizer.variables if self.unsupervised_optimizer else [],
             "generator_optimizer": self.generator_optimizer.variables,
         }
         extra = {f"{group}/{i}": v for group, variables in groups.items() for i, v in enumerate(variables)}
@@ -257,6 +293,8 @@ class SGANTrainer(Trainer):
         return tf.cast(self.models.features(x, training=True), tf.float32)
 
     def _latent(self, n: int) -> tf.Tensor:
+        if self.config.networks.latent == "uniform":
+            return self.rng.uniform([n, self.config.latent_dim])
         return self.rng.normal([n, self.config.latent_dim])
 
     def _step(self) -> list[tf.Tensor]:
@@ -288,8 +326,54 @@ class SGANTrainer(Trainer):
         return self.models.generator(z, training=False).numpy()
 
 
+class JointSGANTrainer(SGANTrainer):
+    """improved-gan's step: one discriminator update on loss_supervised + (loss_real + loss_fake) / 2 over
+    a labeled, an unlabeled and a generated batch (noise on), then a generator update (feature matching in
+    its recipe) against a fresh unlabeled batch. Its generator has BatchNorm and, as in its source, always
+    runs on batch statistics during training, also for the images the discriminator is trained on.
+
+    The three batches go through the discriminator as one (it has no BatchNorm, and its noise is drawn
+    per image, so that is the same function), and so do the two of the generator's update.
+    """
+
+    def _step(self) -> list[tf.Tensor]:
+        n = self.config.discriminator_batch
+        x, y = self._labeled_batch()
+        real = tf.gather(self.x_unlabeled, self._sample(self.x_unlabeled, n))
+        fake = self.models.generator(self._latent(n), training=True)
+        variables = self.models.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self._discriminate(tf.concat([x, real, fake], axis=0), training=True)
+            labeled, unlabeled, generated = zip(
+                *(tf.split(output, [tf.shape(x)[0], n, n]) for output in outputs), strict=True
+            )
+            loss_sup = supervised_loss(y, labeled[0])
+            loss_real = unsupervised_loss(real_logit(self.config.variant, unlabeled), is_real=True)
+            loss_fake = unsupervised_loss(real_logit(self.config.variant, generated), is_real=False)
+            loss = loss_sup + 0.5 * (loss_real + loss_fake)
+        _apply(self.supervised_optimizer, tape, loss, variables)
+        fresh = tf.gather(self.x_unlabeled, self._sample(self.x_unlabeled, self.config.batch_size))
+        return [loss_sup, loss_real, loss_fake, self._generator_update(fresh)]
+
+    def _generator_update(self, real: tf.Tensor) -> tf.Tensor:
+        generator = self.models.generator
+        with tf.GradientTape() as tape:
+            fake = generator(self._latent(self.config.batch_size), training=True)
+            if self.config.generator_loss == "feature_matching":
+                features = self._features(tf.concat([real, fake], axis=0))
+                real_features, fake_features = tf.split(features, [tf.shape(real)[0], tf.shape(fake)[0]])
+                loss = feature_matching_loss(real_features, fake_features)
+            else:
+                loss = generator_loss(self._real_logit(fake))
+        _apply(self.generator_optimizer, tape, loss, generator.trainable_variables)
+        return loss
+
+
 def make_trainer(config: RunConfig, models: SGANModels, x_labeled, y_labeled, x_unlabeled) -> Trainer:
-    cls = SGANTrainer if config.method == "sgan" else Trainer
+    if config.method != "sgan":
+        cls = Trainer
+    else:
+        cls = JointSGANTrainer if config.networks.discriminator_step == "joint" else SGANTrainer
     return cls(config, models, x_labeled, y_labeled, x_unlabeled)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.config import BASELINES
+from pipeline.config import is_baseline_arm
 from pipeline.report.runs import GROUP, METRICS
 
 
@@ -23,7 +23,7 @@ def coverage_notes(runs: pd.DataFrame, superseded: pd.DataFrame, paired: pd.Data
     for (dataset, protocol, architecture, labels), group in runs.groupby([*GROUP, "labels"]):
         arms = sorted(set(group.arm))
         has_sgan = any(a.startswith("sgan") for a in arms)
-        has_baseline = any(a.split()[0] in BASELINES for a in arms)
+        has_baseline = any(is_baseline_arm(a) for a in arms)
         if not (has_sgan and has_baseline):
             notes.append(
                 f"At {labels} labels ({dataset}, {protocol}, {architecture} networks) only {', '.join(arms)} "

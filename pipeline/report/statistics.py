@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline.config import BASELINES, arm_name
+from pipeline.config import arm_name, is_baseline_arm
 from pipeline.report.runs import GROUP
 
 CONFIDENCE = 0.95
@@ -47,7 +47,7 @@ def paired_differences(runs: pd.DataFrame, metric: str = "final", confidence: fl
     there is no interval."""
 
     def pairs(key: tuple, arms: list[str]) -> list[tuple[str, str]]:
-        baselines = [arm for arm in arms if arm.split()[0] in BASELINES]
+        baselines = [arm for arm in arms if is_baseline_arm(arm)]
         return [(sgan, baseline) for sgan in arms if sgan.startswith("sgan") for baseline in baselines]
 
     return _pair_arms(runs, metric, confidence, pairs, PAIRED_COLUMNS)
