@@ -238,9 +238,11 @@ class SummedBiasConv2DTranspose(layers.Conv2DTranspose):
 @tf.custom_gradient
 def _bias_add(x: tf.Tensor, bias: tf.Tensor):
     def grad(upstream):
-        pixels = tf.reshape(upstream, [-1, upstream.shape[-1]])
-        ones = tf.ones([1, tf.shape(pixels)[0]], upstream.dtype)
-        return upstream, tf.reshape(tf.matmul(ones, pixels), [-1])
+        # in float32 whatever the compute dtype: a bfloat16 matrix product accumulates in float32 only on
+        # CPUs with native bfloat16 (on AVX2 alone the sum came out more than one bfloat16 step short)
+        pixels = tf.reshape(tf.cast(upstream, tf.float32), [-1, upstream.shape[-1]])
+        ones = tf.ones([1, tf.shape(pixels)[0]], tf.float32)
+        return upstream, tf.cast(tf.reshape(tf.matmul(ones, pixels), [-1]), upstream.dtype)
 
     return tf.nn.bias_add(x, bias), grad
 

@@ -2,6 +2,7 @@
 # Reproduce the long sweeps behind the committed reports, one after another, into one MLflow store.
 #
 #   reports/reproduce.sh [STORE_DIR] [SWEEP...]     SWEEP: main variants augment precision gans_in_action paper
+#                                                  improved_gan
 #
 # STORE_DIR (default ~/sgan-store) holds mlflow.db, the artifacts and one log per sweep; keep it outside the
 # clone so that it outlives it. Stopped (Ctrl-C, SIGTERM, the machine going away) and started again with the
@@ -45,6 +46,13 @@ for name in "${sweeps[@]}"; do
     paper)  # issue 10: the reference protocol, 12,000 steps per SGAN run
       sweep --experiment mnist-paper --profile paper --methods sgan,cnn,cnn_tuned --labels 100 --seeds 0,1,2 \
         >> paper-sweep.log 2>&1 ;;
-    *) echo "unknown sweep '$name': one of main variants augment precision gans_in_action paper" >&2; exit 2 ;;
+    improved_gan)  # issue 31: Salimans et al.'s networks and recipe; seed 0's SGAN first (its curve decides the rest)
+      ig() { sweep --experiment mnist-improved-gan --architecture improved_gan --profile improved_gan \
+        --generator-loss feature_matching "$@" >> improved-gan-sweep.log 2>&1; }
+      MAX_PARALLEL=1 ig --methods sgan --labels 100 --seeds 0
+      ig --methods sgan,cnn --labels 100 --seeds 0,1,2,3,4
+      ig --methods sgan,cnn --labels 20,50 --seeds 0,1,2 ;;
+    *) echo "unknown sweep '$name': one of main variants augment precision gans_in_action paper improved_gan" >&2
+       exit 2 ;;
   esac
 done
