@@ -18,6 +18,8 @@ BASELINES = ("cnn", "cnn_tuned", "cnn_source")  # supervised methods: the same n
 LABELED_SUBSETS = ("balanced", "first")  # seeded and class-balanced; or the first N images, as one source does
 PRECISIONS = ("float32", "bfloat16")  # bfloat16: mixed precision, float32 weights
 GENERATOR_LOSSES = ("non_saturating", "feature_matching")
+# Keras' Adam, or improved-gan's (epsilon inside the square root: see pipeline.optimizers); a protocol's choice
+OPTIMIZERS = ("adam", "inner_epsilon_adam")
 # of the labeled images in the supervised update: none, or random translations of up to 2 pixels. A choice of
 # the methods with a fixed recipe (part of their arm); cnn_tuned's search chooses its own, cnn_source follows
 # its source.
@@ -94,6 +96,7 @@ class Profile:
     learning_rate: float = 2e-4
     beta_1: float = 0.5
     ema_decay: float = 0.999  # of the moving average of the classifier's weights
+    optimizer: str = "adam"  # one of OPTIMIZERS
 
 
 PROFILES: dict[str, Profile] = {
@@ -132,6 +135,7 @@ PROFILES: dict[str, Profile] = {
         learning_rate=3e-3,
         beta_1=0.5,
         ema_decay=0.9999,
+        optimizer="inner_epsilon_adam",
     ),
 }
 
@@ -166,6 +170,7 @@ class RunConfig:
     labeled_subset: str = "balanced"
     source_epochs: int = 0  # cnn_source: passes over the labeled images (0 for every other method)
     batchnorm: str = "none"  # the architecture's BatchNorm moving statistics: "zero_debiased" or "none"
+    optimizer: str = "adam"  # the protocol's form of Adam (OPTIMIZERS)
 
     @property
     def train_epochs(self) -> int:
@@ -357,12 +362,14 @@ def resolve_config(
         "learning_rate": chosen.learning_rate,
         "beta_1": chosen.beta_1,
         "ema_decay": chosen.ema_decay,
+        "optimizer": chosen.optimizer,
     }
     if method == "cnn_source":
         recipe = {
             **{k: v for k, v in source.items() if k != "epochs"},
             "source_epochs": source["epochs"],
             "ema_decay": chosen.ema_decay,
+            "optimizer": chosen.optimizer,
         }
     return RunConfig(
         method=method,
@@ -398,6 +405,7 @@ LATER_DEFAULTS: dict[str, object] = {
     "labeled_subset": "balanced",
     "source_epochs": 0,
     "batchnorm": "none",  # added when GANs in Action's BatchNorm became zero-debiased: its earlier runs differ
+    "optimizer": "adam",
 }
 FINGERPRINT_VERSION = 2
 

@@ -37,6 +37,7 @@ from pipeline.objectives import (
     supervised_loss,
     unsupervised_loss,
 )
+from pipeline.optimizers import InnerEpsilonAdam
 from pipeline.stopping import raise_if_stopped
 
 STEPS_PER_CALL = 10  # steps per graph call: few host round trips, yet a lively progress bar
@@ -45,6 +46,8 @@ TRACKS = ("", "_ema")  # the raw classifier and its moving average
 
 
 def make_optimizer(config: RunConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "inner_epsilon_adam":
+        return InnerEpsilonAdam(config.learning_rate, config.beta_1, weight_decay=config.weight_decay or None)
     if config.weight_decay:
         return keras.optimizers.AdamW(
             learning_rate=config.learning_rate, beta_1=config.beta_1, weight_decay=config.weight_decay

@@ -2,6 +2,8 @@
 initialization against their definitions, noise only in training, the joint discriminator step and feature
 matching on the named layer, every weight moving, and runs named and kept apart as their own arms."""
 
+import dataclasses
+
 import keras
 import mlflow
 import numpy as np
@@ -14,7 +16,7 @@ from pipeline.layers import WeightNormDense, initialize_from_data
 from pipeline.models import FEATURE_LAYER, IMPROVED_GAN_UNITS, build_models, portable_copy
 from pipeline.report import build_report
 from pipeline.runs import train_run
-from pipeline.training import INIT_IMAGES, JointSGANTrainer, make_trainer, tiled_indices
+from pipeline.training import INIT_IMAGES, JointSGANTrainer, make_optimizer, make_trainer, tiled_indices
 
 from .conftest import tracking_store
 from .test_report import KNOWN, log_known_runs
@@ -178,3 +180,27 @@ def test_a_run_is_logged_with_its_architecture_and_the_report_pairs_it_with_its_
         report = build_report("nets")
     pairs = {(row.sgan_arm, row.baseline_arm) for row in report.paired.itertuples()}
     assert pairs == {("sgan stacked", "cnn"), ("sgan stacked improved_gan", "mlp improved_gan")}
+
+
+def test_improved_gans_adam_puts_epsilon_inside_the_square_root():
+    """Four steps against improved-gan's `nn.adam_updates` written out in NumPy; Keras' Adam differs where the
+    gradients are small (the generator's are about 1e-5 to 1e-4)."""
+    start = np.array([0.5, -0.25, 1.0], np.float32)
+    gradients = [np.array([3e-5, -1e-4, 2e-2], np.float32) * k for k in (1.0, -0.5, 2.0, 1.5)]
+    lr, beta_1, beta_2 = 3e-3, 0.5, 0.999
+    p, m, v = start.astype(np.float64), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(gradients, start=1):
+        m, v = beta_1 * m + (1 - beta_1) * g, beta_2 * v + (1 - beta_2) * g**2
+        p = p - lr * (m / (1 - beta_1**t)) / np.sqrt(v / (1 - beta_2**t) + 1e-8)
+    config = resolve_config("sgan", profile="improved_gan", architecture="improved_gan")
+    assert config.optimizer == "inner_epsilon_adam"
+    results = {}
+    for name in ("inner_epsilon_adam", "adam"):
+        variable = keras.Variable(start)
+        optimizer = make_optimizer(dataclasses.replace(config, optimizer=name))
+        for g in gradients:
+            optimizer.apply_gradients([(tf.constant(g), variable)])
+        results[name] = np.asarray(variable)
+    assert results["inner_epsilon_adam"] == pytest.approx(p, rel=1e-5)
+    assert abs(results["adam"][0] - start[0]) > 2 * abs(p[0] - start[0])  # Keras' form: a much larger step
+    assert resolve_config("sgan").optimizer == "adam"
