@@ -2,12 +2,13 @@
 classic Keras implementation, on the same architecture, batch and machine.
 
 The reference is the tutorial recipe: `train_on_batch` on a compiled supervised model, a compiled
-unsupervised model and a composite GAN model, with `predict` for the fakes, for either architecture with
+unsupervised model and a composite GAN model, with `predict` for the fakes, for each architecture with
 its own protocol's batches and optimizer (`mlm`: the paper profile; `gans_in_action`: that book's, whose
-code is this same recipe). Made correct under Keras 3:
+code is this same recipe); for `improved_gan` its joint step and feature matching written the same way
+(`ReferenceImprovedGAN`). Made correct under Keras 3:
 a compiled model's train function captures its trainable variables when first traced, so the
 supervised and unsupervised models are traced while the discriminator is trainable and the composite
-only after it is frozen. `check_reference_updates` asserts that each call moves exactly what it should.
+only after it is frozen. `check_reference_updates` checks that each call moves exactly what it should.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ import tensorflow as tf
 
 from pipeline.config import NUM_CLASSES, RunConfig, resolve_config
 from pipeline.data import labeled_subset, load_dataset
+from pipeline.layers import WeightNormDense
 from pipeline.models import build_discriminator, build_generator, build_models
+from pipeline.optimizers import InnerEpsilonAdam
 from pipeline.training import make_trainer
 
-PROTOCOL_OF = {"mlm": "paper", "gans_in_action": "gans_in_action"}  # each architecture's own batches and optimizer
+# each architecture's own batches and optimizer, and its generator loss
+PROTOCOL_OF = {"mlm": "paper", "gans_in_action": "gans_in_action", "improved_gan": "improved_gan"}
+GENERATOR_LOSS_OF = {"improved_gan": "feature_matching"}
 # the instruction sets that decide a step's speed here: fp32 vectors, and bf16 in hardware (else emulated)
 SPEED_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
@@ -110,6 +115,9 @@ class ReferenceSGAN:
         z = self.rng.standard_normal((self.batch, self.latent_dim)).astype(np.float32)
         return self.gan_model.train_on_batch(z, np.ones((self.batch, 1), np.float32))
 
+    def discriminator_updates(self) -> list[Callable[[], object]]:
+        return [self._supervised, self._unsupervised]
+
     def step(self) -> None:
         self._supervised()
         self._unsupervised()
@@ -117,6 +125,8 @@ class ReferenceSGAN:
 
 
 def _adam(config: RunConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "inner_epsilon_adam":
+        return InnerEpsilonAdam(config.learning_rate, config.beta_1)
     return keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1)
 
 
@@ -125,25 +135,93 @@ def _snapshot(model: keras.Model) -> list[np.ndarray]:
 
 
 def _all_changed(before, model) -> bool:
-    return all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    """Every weight moved but the fixed scales of weight-normalized layers (set once, from data)."""
+    fixed = {
+        id(layer.scale) for layer in model.layers if isinstance(layer, WeightNormDense) and not layer.trainable_scale
+    }
+    pairs = zip(before, model.weights, strict=True)
+    return all(not np.array_equal(a, np.asarray(w)) for a, w in pairs if id(w) not in fixed)
 
 
 def _none_changed(before, model) -> bool:
     return all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
-def check_reference_updates(ref: ReferenceSGAN) -> None:
-    """Each reference call must update exactly the weights the reference intends."""
-    d, g = ref.c_model, ref.generator
+class ReferenceImprovedGAN:
+    """improved-gan's step in the classic Keras style: one compiled three-input model whose
+    `train_on_batch` is the joint discriminator update (cross-entropy on the labeled batch, binary
+    cross-entropy of Z/(Z+1) on the unlabeled and generated ones, weighted 1, 1/2, 1/2), and one compiled
+    model from noise to the discriminator's features, frozen, whose loss is feature matching against the
+    features `predict` gives for a real batch."""
+
+    def __init__(self, x_labeled, y_labeled, x_pool, config: RunConfig):
+        keras.utils.set_random_seed(config.seed)
+        discriminator, _, features = build_discriminator("stacked", NUM_CLASSES, config.architecture)
+        self.generator = build_generator(config.latent_dim, portable=True, architecture=config.architecture)
+        self.discriminator, self.features = discriminator, features
+        inputs = [keras.Input(discriminator.input_shape[1:], name=name) for name in ("labeled", "real", "fake")]
+        logits = [keras.tree.flatten(discriminator(x))[0] for x in inputs]
+        outputs = [keras.layers.Softmax()(logits[0])]
+        outputs += [keras.layers.Lambda(_z_over_z_plus_one)(x) for x in logits[1:]]
+        self.joint = keras.Model(inputs, outputs)
+        losses = ["sparse_categorical_crossentropy", "binary_crossentropy", "binary_crossentropy"]
+        self.joint.compile(optimizer=_adam(config), loss=losses, loss_weights=[1.0, 0.5, 0.5])
+        self.matching = keras.Model(self.generator.input, features(self.generator.output))
+        self.matching.compile(optimizer=_adam(config), loss=_feature_matching)
+        self.x_labeled, self.y_labeled, self.x_pool = x_labeled, y_labeled, x_pool
+        self.latent_dim, self.half, self.batch = config.latent_dim, config.discriminator_batch, config.batch_size
+        self.rng = np.random.default_rng(config.seed)
+        discriminator.trainable = True
+        self._discriminator()
+        discriminator.trainable = False
+        self._generator()
+
+    def _latent(self, n: int) -> np.ndarray:
+        return self.rng.random((n, self.latent_dim), dtype=np.float32)
+
+    def _discriminator(self):
+        labeled = self.rng.integers(0, len(self.x_labeled), self.half)
+        real = self.x_pool[self.rng.integers(0, len(self.x_pool), self.half)]
+        fake = self.generator.predict(self._latent(self.half), verbose=0)
+        targets = [self.y_labeled[labeled], np.ones((self.half, 1), np.float32), np.zeros((self.half, 1), np.float32)]
+        return self.joint.train_on_batch([self.x_labeled[labeled], real, fake], targets)
+
+    def _generator(self):
+        real = self.x_pool[self.rng.integers(0, len(self.x_pool), self.batch)]
+        target = self.features.predict(real, verbose=0)
+        return self.matching.train_on_batch(self._latent(self.batch), target)
+
+    def discriminator_updates(self) -> list[Callable[[], object]]:
+        return [self._discriminator]
+
+    def step(self) -> None:
+        self._discriminator()
+        self._generator()
+
+
+def _feature_matching(real_features, fake_features):
+    """Feature matching as a Keras loss: the batch means' squared distance, the same for every sample."""
+    real_mean = keras.ops.mean(real_features, axis=0)
+    distance = keras.ops.mean(keras.ops.square(real_mean - keras.ops.mean(fake_features, axis=0)))
+    return keras.ops.ones_like(fake_features[:, 0]) * distance
+
+
+class ReferenceError(RuntimeError):
+    """The classic-Keras reference trained something it should not have (or nothing): its times mean nothing."""
+
+
+def check_reference_updates(ref: ReferenceSGAN | ReferenceImprovedGAN) -> None:
+    """Each reference call must update exactly the weights the reference intends; raises ReferenceError."""
+    d, g = (ref.discriminator, ref.generator) if isinstance(ref, ReferenceImprovedGAN) else (ref.c_model, ref.generator)
+    for update in ref.discriminator_updates():
+        d0, g0 = _snapshot(d), _snapshot(g)
+        update()
+        if not (_all_changed(d0, d) and _none_changed(g0, g)):
+            raise ReferenceError(f"{update.__name__} must move every weight of the discriminator and none of G")
     d0, g0 = _snapshot(d), _snapshot(g)
-    ref._supervised()
-    assert _all_changed(d0, d) and _none_changed(g0, g), "supervised update must move D only"
-    d0 = _snapshot(d)
-    ref._unsupervised()
-    assert _all_changed(d0, d) and _none_changed(g0, g), "unsupervised updates must move D only"
-    d0 = _snapshot(d)
     ref._generator()
-    assert _all_changed(g0, g) and _none_changed(d0, d), "generator update must move G only"
+    if not (_all_changed(g0, g) and _none_changed(d0, d)):
+        raise ReferenceError("the generator update must move every weight of the generator and none of D")
 
 
 def forward_macs(model: keras.Model) -> int:
@@ -156,7 +234,7 @@ def forward_macs(model: keras.Model) -> int:
         elif isinstance(layer, keras.layers.Conv2D):  # each output pixel gathers one
             _, h, w, cout = layer.output.shape
             total += h * w * int(np.prod(layer.kernel_size)) * layer.input.shape[-1] * cout
-        elif isinstance(layer, keras.layers.Dense):
+        elif isinstance(layer, keras.layers.Dense | WeightNormDense):
             total += layer.input.shape[-1] * layer.units
     return total
 
@@ -172,6 +250,8 @@ def flops_per_step(config: RunConfig | None = None) -> float:
     discriminator_updates = 3 * d_fwd * 3 * half
     fakes = g_fwd * half
     generator_update = 3 * g_fwd * batch + 2 * d_fwd * batch
+    if config.generator_loss == "feature_matching":  # the real batch's features as well
+        generator_update += d_fwd * batch
     return discriminator_updates + fakes + generator_update
 
 
@@ -256,10 +336,14 @@ def run_bench(
     idx = labeled_subset(data.y_train, 100, 0, data.num_classes, data.validation)
     x_lab, y_lab = data.x_train[idx], data.y_train[idx]
     profile = PROTOCOL_OF[architecture]
-    config = resolve_config("sgan", dataset, 100, 0, profile, precision=precision, architecture=architecture)
+    generator_loss = GENERATOR_LOSS_OF.get(architecture, "non_saturating")
+    config = resolve_config(
+        "sgan", dataset, 100, 0, profile, precision=precision, architecture=architecture, generator_loss=generator_loss
+    )
     models = build_models("sgan", "stacked", NUM_CLASSES, config.latent_dim, 0, precision, architecture)
     ours = make_trainer(config, models, x_lab, y_lab, data.x_train)
-    reference = ReferenceSGAN(x_lab, y_lab, data.x_train, replace(config, precision="float32"))
+    classic = ReferenceImprovedGAN if config.networks.discriminator_step == "joint" else ReferenceSGAN
+    reference = classic(x_lab, y_lab, data.x_train, replace(config, precision="float32"))
     check_reference_updates(reference)
     ours.train_steps(warmup)
     for _ in range(warmup):

@@ -335,11 +335,15 @@ def dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(f"ops={args.ops} must be 0 (no profile) or a positive number of op types")
         check_choice("precision", args.precision, PRECISIONS)
         check_choice("architecture", args.architecture, list(ARCHITECTURES))
-        from pipeline.bench import format_result, run_bench  # TensorFlow: only once the settings are good
+        from pipeline.bench import ReferenceError, format_result, run_bench  # TensorFlow: once the settings are good
 
-        result = run_bench(
-            args.dataset, args.rounds, args.steps, args.precision, architecture=args.architecture, ops=args.ops
-        )
+        try:
+            result = run_bench(
+                args.dataset, args.rounds, args.steps, args.precision, architecture=args.architecture, ops=args.ops
+            )
+        except ReferenceError as err:
+            print(f"error: the bench's reference is broken, its times would mean nothing: {err}", file=sys.stderr)
+            return 1
         print(format_result(result, args.json))
         return 0
     if args.command == "report":

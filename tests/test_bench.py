@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.bench import (
+    ReferenceImprovedGAN,
     ReferenceSGAN,
     check_reference_updates,
     cpu_description,
@@ -28,8 +29,18 @@ def _digits():
 
 def test_reference_updates_exactly_what_the_classic_recipe_intends():
     reference = ReferenceSGAN(*_digits(), resolve_config("sgan", "digits", 20, profile="paper"))
-    check_reference_updates(reference)  # raises AssertionError if any update moves the wrong weights
+    check_reference_updates(reference)  # raises ReferenceError if any update moves the wrong weights
     check_reference_updates(reference)
+
+
+def test_improved_gans_classic_reference_updates_what_its_joint_step_and_feature_matching_intend():
+    config = resolve_config(
+        "sgan", "digits", 20, profile="improved_gan", architecture="improved_gan", generator_loss="feature_matching"
+    )
+    reference = ReferenceImprovedGAN(*_digits(), config)
+    check_reference_updates(reference)
+    assert reference.joint.count_params() == reference.discriminator.count_params()  # one network, three inputs
+    assert 4.0e9 < flops_per_step(config) < 4.5e9  # dense layers of 1000-500-250-250-250 and 500-500-784
 
 
 def test_the_keras3_trap_freezing_before_the_first_call_trains_no_discriminator():
