@@ -338,7 +338,14 @@ def run_bench(
     profile = PROTOCOL_OF[architecture]
     generator_loss = GENERATOR_LOSS_OF.get(architecture, "non_saturating")
     config = resolve_config(
-        "sgan", dataset, 100, 0, profile, precision=precision, architecture=architecture, generator_loss=generator_loss
+        "sgan",
+        dataset=dataset,
+        labels=100,
+        seed=0,
+        profile=profile,
+        precision=precision,
+        architecture=architecture,
+        generator_loss=generator_loss,
     )
     models = build_models("sgan", "stacked", NUM_CLASSES, config.latent_dim, 0, precision, architecture)
     ours = make_trainer(config, models, x_lab, y_lab, data.x_train)

@@ -11,20 +11,15 @@ from pathlib import Path
 
 from pipeline.config import (
     ARCHITECTURES,
-    AUGMENTATIONS,
-    AUGMENTED_METHODS,
-    DATASETS,
-    GENERATOR_LOSSES,
-    LABELED_SUBSETS,
     METHODS,
     PRECISIONS,
-    PROFILES,
-    VARIANTS,
     ConfigError,
     check_choice,
     default_experiment,
     parse_list,
     resolve_config,
+    setting_default,
+    user_settings,
 )
 from pipeline.data import DataError
 from pipeline.stopping import stop_on_signals, stop_signal
@@ -55,40 +50,37 @@ def flag(text: str) -> bool:
     return value in ("true", "1", "yes")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="mnist", help=f"one of {', '.join(DATASETS)} (default mnist)")
-    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default quick)")
-    parser.add_argument("--epochs", type=optional_int, default=None, help="override the profile's epochs")
-    parser.add_argument(
-        "--steps-per-epoch", type=optional_int, default=None, help="override the profile's steps per epoch"
-    )
+def add_setting_arguments(parser: argparse.ArgumentParser, method: str | None) -> None:
+    """A flag for every user setting (`pipeline.config.setting`), with its default for `method`; for a
+    sweep (`method=None`), a comma-separated list where the setting makes arms, and the grid's axes
+    (labels, seeds) as lists under their own names."""
+    for field in user_settings():
+        meta = field.metadata
+        text = meta["help"] + (f": {', '.join(meta['choices'])}" if meta["choices"] else "")
+        if method is not None and meta["methods"] != METHODS:
+            text += f" ({', '.join(meta['methods'])} only)"
+        if method is None and meta["grid"]:
+            name, default = meta["grid"]
+            parser.add_argument(
+                f"--{name}", default=default, help=f"{text}: a comma-separated list (default {default})"
+            )
+            continue
+        kind = optional_int if meta["profile"] else int if field.type == "int" else str  # annotations are text
+        default = None if meta["profile"] else setting_default(field.name, method or "")
+        if method is None and meta["listed"]:
+            text += "; a comma-separated list, one arm each"
+        if default is not None:
+            text += f" (default {default})"
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default, help=text)
     parser.add_argument("--experiment", default="", help="MLflow experiment (default <dataset>-<profile>)")
-    parser.add_argument(
-        "--variant", default="stacked", help=f"SGAN variant: {', '.join(VARIANTS)} (sweeps: a comma-separated list)"
-    )
-    parser.add_argument(
-        "--generator-loss",
-        default="non_saturating",
-        help=f"SGAN generator loss: {', '.join(GENERATOR_LOSSES)} (sweeps: a list)",
-    )
-    parser.add_argument(
-        "--augment",
-        default="none",
-        help=f"{' or '.join(AUGMENTATIONS)}: random 2-pixel translations of the labeled images in the supervised "
-        f"update ({', '.join(AUGMENTED_METHODS)}; cnn_tuned's search chooses its own; sweeps: a list)",
-    )
-    parser.add_argument(
-        "--precision", default="float32", help="float32 (default) or bfloat16 (mixed precision, float32 weights)"
-    )
-    parser.add_argument(
-        "--architecture", default="mlm", help=f"the networks: {', '.join(ARCHITECTURES)} (default mlm; see README)"
-    )
-    parser.add_argument(
-        "--labeled-subset",
-        default="balanced",
-        help=f"{' or '.join(LABELED_SUBSETS)}: seeded class-balanced labeled images (default), or the first N",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def setting_values(args: argparse.Namespace) -> dict[str, object]:
+    """The user settings a command was given, as `resolve_config` takes them."""
+    return {field.name: getattr(args, field.name) for field in user_settings() if hasattr(args, field.name)} | {
+        "experiment": args.experiment or None
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("cnn_source", "train the CNN baseline exactly as the architecture's source does (gans_in_action)"),
     ):
         sub = commands.add_parser(method, help=help_text)
-        sub.add_argument("--labels", type=int, default=100, help="labeled training examples (default 100)")
-        sub.add_argument("--seed", type=int, default=0, help="fixes the labeled subset and the initialisation")
         sub.add_argument("--parent-run-id", default=None, help=argparse.SUPPRESS)
         sub.add_argument(
             "--resume", default="", help="continue this unfinished run (same settings) from its last checkpoint"
@@ -116,17 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=False,
             help="log CPU and memory (GPU where present) with MLflow's system metrics",
         )
-        add_run_arguments(sub)
-        if method == "cnn_source":  # only an architecture whose source trains a baseline has one
-            sub.set_defaults(architecture="gans_in_action")
+        add_setting_arguments(sub, method)
     for name, help_text in (
         ("sweep", "train every (method, labels, seed) of a grid, each as a nested child run"),
         ("main", "sweep, then report"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--methods", default="sgan,cnn", help=f"comma-separated, of {', '.join(METHODS)}")
-        sub.add_argument("--labels", default="25,50,100,1000", help="comma-separated label counts")
-        sub.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
         sub.add_argument("--max-parallel", type=int, default=1, help="trials at once, local executor (default 1)")
         sub.add_argument(
             "--executor", default="local", help="local (child processes, default) or ray (tasks on a Ray instance)"
@@ -150,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=True,
             help="each trial logs CPU and memory (GPU where present) with MLflow's system metrics (default true)",
         )
-        add_run_arguments(sub)
+        add_setting_arguments(sub, None)
         if name == "main":
             sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
     sub = commands.add_parser("report", help="aggregate finished runs into tables and plots")
@@ -182,27 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_single(args: argparse.Namespace) -> int:
-    if args.augment != "none" and args.command not in AUGMENTED_METHODS:
-        raise ConfigError(
-            f"augment={args.augment!r}: {args.command} does not take an augmentation "
-            f"(only {', '.join(AUGMENTED_METHODS)}; cnn_tuned's search chooses its own)"
-        )
-    config = resolve_config(
-        method=args.command,
-        dataset=args.dataset,
-        labels=args.labels,
-        seed=args.seed,
-        profile=args.profile,
-        variant=args.variant,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        experiment=args.experiment or None,
-        precision=args.precision,
-        generator_loss=args.generator_loss,
-        architecture=args.architecture,
-        labeled_subset=args.labeled_subset,
-        augment=args.augment,
-    )
+    config = resolve_config(args.command, **setting_values(args))
     from pipeline.store import check_tracking_uri, launched_run_experiment, unfinished_run
 
     # an unreachable store fails in a second, before TensorFlow loads; so do an experiment `mlflow run` cannot
@@ -237,38 +203,21 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
         check_resources(args.cpus_per_trial, args.gpus_per_trial)
 
     experiment = args.experiment or default_experiment(args.dataset, args.profile)
+    listed = {f.name: parse_list(f.name, getattr(args, f.name)) for f in user_settings() if f.metadata["listed"]}
+    shared = {
+        f.name: getattr(args, f.name) for f in user_settings() if not (f.metadata["listed"] or f.metadata["grid"])
+    }
     trials = plan_trials(
         parse_list("methods", args.methods),
         parse_list("labels", args.labels, int),
         parse_list("seeds", args.seeds, int),
-        parse_list("variant", args.variant),
-        parse_list("generator_loss", args.generator_loss),
-        parse_list("augment", args.augment),
-        dataset=args.dataset,
-        profile=args.profile,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
+        listed,
         experiment=experiment,
-        precision=args.precision,
-        architecture=args.architecture,
-        labeled_subset=args.labeled_subset,
+        **shared,
     )
-    params = {
-        "methods": args.methods,
-        "labels": args.labels,
-        "seeds": args.seeds,
-        "dataset": args.dataset,
-        "profile": args.profile,
-        "variant": args.variant,
-        "generator_loss": args.generator_loss,
-        "augment": args.augment,
-        "num_epochs": trials[0].config.epochs,
-        "steps_per_epoch": trials[0].config.steps_per_epoch,
-        "precision": args.precision,
-        "max_parallel": args.max_parallel,
-        "architecture": args.architecture,
-        "labeled_subset": args.labeled_subset,
-    }
+    skipped = ("command", "quiet", "experiment", "epochs", "steps_per_epoch", "out")  # the last two: as resolved
+    params = {k: v for k, v in vars(args).items() if k not in skipped}
+    params |= {"num_epochs": trials[0].config.epochs, "steps_per_epoch": trials[0].config.steps_per_epoch}
     if args.system_metrics:  # MLflow's own switch: the trial processes inherit it
         os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true"
     executor = make_executor(args)

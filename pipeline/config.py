@@ -140,37 +140,112 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def setting(
+    default: object,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    methods: tuple[str, ...] = METHODS,
+    absent: object = None,
+    listed: bool = False,
+    grid: tuple[str, str] | None = None,
+    profile: bool = False,
+    later: bool = False,
+    arm: bool = False,
+    tag: bool = False,
+    method_defaults: dict[str, object] | None = None,
+):
+    """A RunConfig field and everything derived from it, declared in one place:
+
+    - `help`: a user setting: a flag of every command that takes it (`--name-with-dashes`), a parameter of
+      the MLproject entry points (generated from the CLI), passed on by the sweep to its trials;
+    - `choices`: the values accepted (checked by `resolve_config`, listed in the help);
+    - `methods`: the methods that take it; for the others it is `absent` (and any other value is refused);
+    - `listed`: sweeps take a comma-separated list of values, one arm each; `grid`: sweeps take a list under
+      this (flag, default), one trial each;
+    - `profile`: filled in from the profile (`Profile` has a field of the same name) unless given;
+    - `later`: added after runs were first logged: left out of the fingerprint at its default, so those runs
+      still match;
+    - `arm`: part of an arm's name; `tag`: also set as a run tag (for search filters and the UI's columns);
+    - `method_defaults`: a method whose default differs (`cnn_source` takes its architecture's source)."""
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "methods": methods,
+        "absent": absent,
+        "listed": listed,
+        "grid": grid,
+        "profile": profile,
+        "later": later,
+        "arm": arm,
+        "tag": tag,
+        "method_defaults": method_defaults or {},
+    }
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every resolved setting of one training run; all of it is logged as MLflow params."""
 
     method: str
-    dataset: str = "mnist"
-    labels: int = 100
-    seed: int = 0
-    profile: str = "quick"
-    variant: str = "stacked"
-    epochs: int = PROFILES["quick"].epochs
-    steps_per_epoch: int = PROFILES["quick"].steps_per_epoch
-    experiment: str = ""
-    batch_size: int = 100  # generated images per generator update
-    discriminator_batch: int = 50  # labeled, real and generated images per discriminator update
+    dataset: str = setting("mnist", "the data", choices=DATASETS, tag=True)
+    labels: int = setting(100, "labeled training examples", grid=("labels", "25,50,100,1000"))
+    seed: int = setting(0, "fixes the labeled subset and the initialisation", grid=("seeds", "0,1,2"))
+    profile: str = setting("quick", "the protocol: budget, batches and optimizer (see README)", choices=tuple(PROFILES))
+    variant: str = setting(
+        "stacked", "SGAN variant", choices=VARIANTS, methods=("sgan",), absent="none", listed=True, tag=True
+    )
+    epochs: int = setting(PROFILES["quick"].epochs, "override the profile's epochs", profile=True)
+    steps_per_epoch: int = setting(PROFILES["quick"].steps_per_epoch, "override the profile's steps", profile=True)
+    experiment: str = ""  # where the run lives, not a param; the CLI's flag is its own (see pipeline.cli)
+    batch_size: int = setting(100, profile=True)  # generated images per generator update
+    discriminator_batch: int = setting(50, profile=True, later=True)  # labeled, real and generated per D update
     latent_dim: int = 100
-    learning_rate: float = 2e-4
-    beta_1: float = 0.5
+    learning_rate: float = setting(2e-4, profile=True)
+    beta_1: float = setting(0.5, profile=True)
     eval_batch_size: int = 1000
     grid_size: int = 10  # the generated-image grid is grid_size x grid_size
-    precision: str = "float32"
-    generator_loss: str = "non_saturating"  # "none" for the baselines
-    ema_decay: float = 0.999  # moving average of the classifier weights (with warm-up: see MovingAverage)
+    precision: str = setting(
+        "float32", "float32, or bfloat16 (mixed precision, float32 weights)", choices=PRECISIONS, arm=True
+    )
+    generator_loss: str = setting(
+        "non_saturating",
+        "SGAN generator loss",
+        choices=GENERATOR_LOSSES,
+        methods=("sgan",),
+        absent="none",
+        listed=True,
+        arm=True,
+    )
+    ema_decay: float = setting(0.999, profile=True)  # moving average of the classifier weights (see MovingAverage)
     weight_decay: float = 0.0  # decoupled (AdamW); 0 is plain Adam
-    augment: str = "none"  # of the labeled images, for the supervised update
+    augment: str = setting(
+        "none",
+        "random 2-pixel translations of the labeled images in the supervised update (cnn_tuned's search chooses "
+        "its own)",
+        choices=AUGMENTATIONS,
+        methods=AUGMENTED_METHODS,
+        absent="none",
+        listed=True,
+        arm=True,
+    )
     select_epoch: str = "last"  # "best_validation": report the epoch with the best validation accuracy
-    architecture: str = "mlm"
-    labeled_subset: str = "balanced"
-    source_epochs: int = 0  # cnn_source: passes over the labeled images (0 for every other method)
-    batchnorm: str = "none"  # the architecture's BatchNorm moving statistics: "zero_debiased" or "none"
-    optimizer: str = "adam"  # the protocol's form of Adam (OPTIMIZERS)
+    architecture: str = setting(
+        "mlm",
+        "the networks, each with its protocol (see README)",
+        choices=tuple(ARCHITECTURES),
+        later=True,
+        arm=True,
+        tag=True,
+        method_defaults={"cnn_source": "gans_in_action"},
+    )
+    labeled_subset: str = setting(
+        "balanced", "seeded class-balanced labeled images, or the first N", choices=LABELED_SUBSETS, later=True
+    )
+    source_epochs: int = setting(0, later=True)  # cnn_source: passes over the labeled images (0 for the others)
+    batchnorm: str = setting("none", later=True)  # the architecture's BatchNorm statistics: "zero_debiased", "none"
+    optimizer: str = setting("adam", profile=True, later=True)  # the protocol's form of Adam (OPTIMIZERS)
 
     @property
     def train_epochs(self) -> int:
@@ -311,33 +386,43 @@ def parse_list(name: str, text: str, cast=str) -> list:
     return values
 
 
-def resolve_config(
-    method: str,
-    dataset: str = "mnist",
-    labels: int = 100,
-    seed: int = 0,
-    profile: str = "quick",
-    variant: str = "stacked",
-    epochs: int | None = None,
-    steps_per_epoch: int | None = None,
-    experiment: str | None = None,
-    precision: str = "float32",
-    generator_loss: str = "non_saturating",
-    architecture: str = "mlm",
-    labeled_subset: str = "balanced",
-    augment: str = "none",
-) -> RunConfig:
-    """Validate user settings and fill in the profile's values; explicit values win. `cnn_source`
-    takes its optimizer, batch and epochs from its architecture's source instead of the profile."""
+def user_settings() -> list[dataclasses.Field]:
+    """The settings a user gives (flags, MLproject parameters, trial arguments), in RunConfig's order."""
+    return [f for f in dataclasses.fields(RunConfig) if f.metadata.get("help")]
+
+
+def setting_default(name: str, method: str = "") -> object:
+    """A setting's default (for `method`, where its default differs)."""
+    field = RunConfig.__dataclass_fields__[name]
+    return field.metadata.get("method_defaults", {}).get(method, field.default)
+
+
+def takes(method: str, field: dataclasses.Field) -> bool:
+    return method in field.metadata.get("methods", METHODS)
+
+
+def resolve_config(method: str, experiment: str | None = None, **given: object) -> RunConfig:
+    """Validate user settings (any of `user_settings()`, by name) and fill in the rest from the profile;
+    explicit values win. `cnn_source` takes its optimizer, batch and epochs from its architecture's source
+    instead of the profile. A setting the method does not take may only be left at its default."""
     check_choice("method", method, METHODS)
-    check_choice("dataset", dataset, DATASETS)
-    check_choice("profile", profile, list(PROFILES))
-    check_choice("variant", variant, VARIANTS)
-    check_choice("precision", precision, PRECISIONS)
-    check_choice("generator_loss", generator_loss, GENERATOR_LOSSES)
-    check_choice("architecture", architecture, list(ARCHITECTURES))
-    check_choice("labeled_subset", labeled_subset, LABELED_SUBSETS)
-    check_choice("augment", augment, AUGMENTATIONS)
+    fields = {f.name: f for f in user_settings()}
+    unknown = set(given) - set(fields)
+    if unknown:
+        raise TypeError(f"resolve_config() got unknown settings: {', '.join(sorted(unknown))}")
+    values: dict[str, object] = {}
+    for name, field in fields.items():
+        default = setting_default(name, method)
+        value = given.get(name, None if field.metadata["profile"] else default)
+        if field.metadata["choices"] is not None:
+            check_choice(name, value, field.metadata["choices"])
+        if not takes(method, field):
+            if value != default:
+                who = ", ".join(field.metadata["methods"])
+                raise ConfigError(f"{name}={value!r}: {method} does not take this setting (only {who})")
+            value = field.metadata["absent"]
+        values[name] = value
+    architecture, variant = values["architecture"], given.get("variant", "stacked")
     source = ARCHITECTURES[architecture].source_baseline
     if method == "cnn_source" and source is None:
         with_one = ", ".join(name for name, known in ARCHITECTURES.items() if known.source_baseline)
@@ -350,45 +435,23 @@ def resolve_config(
             f"variant={variant!r}: the {architecture} discriminator is built as "
             f"{', '.join(ARCHITECTURES[architecture].variants)} only"
         )
-    validate_labels(labels)
-    _positive("epochs", epochs)
-    _positive("steps_per_epoch", steps_per_epoch)
-    if seed < 0:
-        raise ConfigError(f"seed={seed} must be zero or positive")
-    chosen = PROFILES[profile]
-    recipe = {
-        "batch_size": chosen.batch_size,
-        "discriminator_batch": chosen.discriminator_batch,
-        "learning_rate": chosen.learning_rate,
-        "beta_1": chosen.beta_1,
-        "ema_decay": chosen.ema_decay,
-        "optimizer": chosen.optimizer,
-    }
+    validate_labels(values["labels"])
+    _positive("epochs", values["epochs"])
+    _positive("steps_per_epoch", values["steps_per_epoch"])
+    if values["seed"] < 0:
+        raise ConfigError(f"seed={values['seed']} must be zero or positive")
+    chosen = PROFILES[values["profile"]]
+    from_profile = [f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("profile")]
+    recipe = {name: getattr(chosen, name) for name in from_profile if values.get(name) is None}
     if method == "cnn_source":
-        recipe = {
-            **{k: v for k, v in source.items() if k != "epochs"},
-            "source_epochs": source["epochs"],
-            "ema_decay": chosen.ema_decay,
-            "optimizer": chosen.optimizer,
-        }
+        recipe |= {k: v for k, v in source.items() if k != "epochs"} | {"source_epochs": source["epochs"]}
     return RunConfig(
         method=method,
-        dataset=dataset,
-        labels=labels,
-        seed=seed,
-        profile=profile,
-        variant=variant if method == "sgan" else "none",
-        epochs=epochs or chosen.epochs,
-        steps_per_epoch=steps_per_epoch or chosen.steps_per_epoch,
-        experiment=experiment or default_experiment(dataset, profile),
-        precision=precision,
-        generator_loss=generator_loss if method == "sgan" else "none",
-        select_epoch="best_validation" if method == "cnn_tuned" else "last",
-        architecture=architecture,
-        labeled_subset=labeled_subset,
-        augment=augment if method in AUGMENTED_METHODS else "none",
-        batchnorm=ARCHITECTURES[architecture].batchnorm,
+        **{name: value for name, value in values.items() if value is not None},
         **recipe,
+        experiment=experiment or default_experiment(values["dataset"], values["profile"]),
+        select_epoch="best_validation" if method == "cnn_tuned" else "last",
+        batchnorm=ARCHITECTURES[architecture].batchnorm,
     )
 
 
@@ -396,16 +459,11 @@ def default_experiment(dataset: str, profile: str) -> str:
     return f"{dataset}-{profile}"
 
 
-# Settings added after runs were first logged, left out of the fingerprint at their default so that
-# those runs still match (a sweep resumed with newer code reuses them). Fingerprints start anew with
-# FINGERPRINT_VERSION 2: the validation split changed which images may be labeled.
+# Settings added after runs were first logged (`setting(later=True)`), left out of the fingerprint at their
+# default so that those runs still match (a sweep resumed with newer code reuses them). Fingerprints start
+# anew with FINGERPRINT_VERSION 2: the validation split changed which images may be labeled.
 LATER_DEFAULTS: dict[str, object] = {
-    "discriminator_batch": 50,
-    "architecture": "mlm",
-    "labeled_subset": "balanced",
-    "source_epochs": 0,
-    "batchnorm": "none",  # added when GANs in Action's BatchNorm became zero-debiased: its earlier runs differ
-    "optimizer": "adam",
+    f.name: f.default for f in dataclasses.fields(RunConfig) if f.metadata.get("later")
 }
 FINGERPRINT_VERSION = 2
 

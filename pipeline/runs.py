@@ -21,7 +21,15 @@ import numpy as np
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from pipeline import checkpoint
-from pipeline.config import SEARCH_SEED, TUNED_SEARCH_SPACE, ConfigError, RunConfig, fingerprint, search_key
+from pipeline.config import (
+    SEARCH_SEED,
+    TUNED_SEARCH_SPACE,
+    ConfigError,
+    RunConfig,
+    fingerprint,
+    search_key,
+    user_settings,
+)
 from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.device import configure_device
 from pipeline.images import image_grid
@@ -220,8 +228,10 @@ def _validation(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def model_params(config: RunConfig) -> dict[str, object]:
     """What a logged classifier is, as its own params (and a registered version's tags)."""
-    keys = ("method", "variant", "generator_loss", "augment", "architecture", "precision", "dataset", "labels", "seed")
-    return {"arm": config.arm, "protocol": config.protocol, **{key: getattr(config, key) for key in keys}}
+    keys = [f.name for f in user_settings() if f.metadata["arm"] or f.metadata["tag"] or f.metadata["grid"]]
+    return {"arm": config.arm, "protocol": config.protocol, "method": config.method} | {
+        key: getattr(config, key) for key in keys
+    }
 
 
 def final_metrics(history: History) -> dict[str, float]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import RunStatus
 
-from pipeline.config import AUGMENTED_METHODS, ConfigError, RunConfig, fingerprint, resolve_config, search_key
+from pipeline.config import ConfigError, RunConfig, fingerprint, resolve_config, search_key, takes, user_settings
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.device import THREADS_ENV, threads_per_trial
 from pipeline.owner import is_abandoned, process_identity
@@ -73,34 +73,24 @@ class Outcome:
 
 
 def plan_trials(
-    methods: list[str],
-    labels: list[int],
-    seeds: list[int],
-    variants: list[str] = ("stacked",),
-    generator_losses: list[str] = ("non_saturating",),
-    augments: list[str] = ("none",),
-    **settings,
+    methods: list[str], labels: list[int], seeds: list[int], listed: dict[str, list] | None = None, **settings
 ) -> list[Trial]:
-    """Validate the whole grid, data included, before anything trains. `settings` are the other
-    `resolve_config` settings, shared by every trial. An SGAN trial is made for every variant x
-    generator loss x augmentation, a `cnn` trial for every augmentation (each its own arm). Trials are
-    ordered label count by label count in the order given, then seed by seed, so that the arms of one
-    (labels, seed) run back to back: partial sweeps stay paired."""
-    recipes = [
-        (method, variant, loss, augment)
-        for method in methods
-        for variant, loss in (
-            itertools.product(variants, generator_losses) if method == "sgan" else [(variants[0], generator_losses[0])]
-        )
-        for augment in (augments if method in AUGMENTED_METHODS else ["none"])
-    ]
+    """Validate the whole grid, data included, before anything trains. `listed` gives several values of
+    settings that make arms (`setting(listed=True)`: variant, generator loss, augmentation); each method
+    gets a trial for every combination of those it takes. `settings` are the other `resolve_config`
+    settings, shared by every trial. Trials are ordered label count by label count in the order given,
+    then seed by seed, so that the arms of one (labels, seed) run back to back: partial sweeps stay paired."""
+    listed = listed or {}
+    recipes = []
+    for method in methods:
+        axes = [f.name for f in user_settings() if f.metadata["listed"] and takes(method, f) and f.name in listed]
+        for values in itertools.product(*(listed[name] for name in axes)):
+            recipes.append((method, dict(zip(axes, values, strict=True))))
     configs = [
-        resolve_config(
-            method, labels=count, seed=seed, variant=variant, generator_loss=loss, augment=augment, **settings
-        )
+        resolve_config(method, labels=count, seed=seed, **values, **settings)
         for count in labels
         for seed in seeds
-        for method, variant, loss, augment in recipes
+        for method, values in recipes
     ]
     data = load_dataset(configs[0].dataset)
     for count in labels:  # rejects counts a class cannot supply outside the validation split
@@ -113,19 +103,14 @@ def latest_run(experiment_id: str, trial: Trial, condition: str) -> mlflow.entit
     return newest_run(experiment_id, f"tags.{FINGERPRINT_TAG} = '{trial.fingerprint}' and {condition}")
 
 
-# RunConfig fields a trial passes on to `python -m pipeline <method>` as `--<field-with-dashes>`: the
-# same names as the CLI's options and the MLproject's parameters (tests/test_mlproject.py checks both).
-TRIAL_SETTINGS = ("dataset", "labels", "seed", "profile", "epochs", "steps_per_epoch", "experiment", "precision")
-TRIAL_SETTINGS += ("architecture", "labeled_subset")
-SGAN_SETTINGS = ("variant", "generator_loss")
-
-
 def trial_command(config: RunConfig, parent_run_id: str) -> list[str]:
-    names = TRIAL_SETTINGS + (SGAN_SETTINGS if config.method == "sgan" else ())
-    names += ("augment",) if config.method in AUGMENTED_METHODS else ()
+    """`python -m pipeline <method>` with every user setting the method takes, as its CLI flag (the
+    MLproject's parameters have the same names)."""
     command = [sys.executable, "-m", "pipeline", config.method, "--parent-run-id", parent_run_id]
-    for name in names:
-        command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
+    command += ["--experiment", config.experiment]
+    for field in user_settings():
+        if takes(config.method, field):
+            command += [f"--{field.name.replace('_', '-')}", str(getattr(config, field.name))]
     return command
 
 

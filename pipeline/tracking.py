@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, user_settings
 from pipeline.data import Dataset, class_counts
 from pipeline.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
 from pipeline.models import SGANModels, portable_copy
@@ -74,16 +74,8 @@ def log_run_inputs(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> 
     }
     log_new_params(params)
     log_datasets(config, dataset, indices)
-    mlflow.set_tags(
-        {
-            "method": config.method,
-            "variant": config.variant,
-            "dataset": config.dataset,
-            "arm": config.arm,
-            "architecture": config.architecture,
-            "protocol": config.protocol,
-        }
-    )
+    tagged = {field.name: getattr(config, field.name) for field in user_settings() if field.metadata["tag"]}
+    mlflow.set_tags({"method": config.method, "arm": config.arm, "protocol": config.protocol, **tagged})
     mlflow.log_dict(
         {
             "indices": indices.tolist(),

@@ -24,7 +24,9 @@ def digits():
 
 
 def _trainer(digits, method="sgan", variant="stacked", labels=20, profile="smoke"):
-    config = resolve_config(method, "digits", labels, 0, profile, variant, architecture="gans_in_action")
+    config = resolve_config(
+        method, dataset="digits", labels=labels, seed=0, profile=profile, variant=variant, architecture="gans_in_action"
+    )
     idx = labeled_subset(digits.y_train, labels, 0, excluded=digits.validation)
     models = build_models(method, config.variant, 10, config.latent_dim, 0, architecture="gans_in_action")
     return make_trainer(config, models, digits.x_train[idx], digits.y_train[idx], digits.x_train[digits.pool])
@@ -107,7 +109,9 @@ def test_labeled_passes_see_every_image_once_per_pass_in_a_new_order():
 
 
 def test_cnn_source_trains_as_the_book_does(digits):
-    config = resolve_config("cnn_source", "digits", 40, 0, "quick", architecture="gans_in_action")
+    config = resolve_config(
+        "cnn_source", dataset="digits", labels=40, seed=0, profile="quick", architecture="gans_in_action"
+    )
     assert (config.train_epochs, config.train_steps_per_epoch, config.total_steps) == (30, 2, 60)
     assert (config.learning_rate, config.beta_1, config.discriminator_batch) == (1e-3, 0.9, 32)
     assert config.protocol == "quick 10x60"  # paired with the SGAN runs of the same protocol
@@ -136,21 +140,30 @@ def test_the_gans_in_action_protocol_is_the_books():
 
 def test_architecture_and_subset_rule_are_in_the_fingerprint_and_earlier_runs_keep_theirs():
     """Values computed by the code before these settings existed: runs logged then still match."""
-    assert fingerprint(resolve_config("sgan", "mnist", 100, 3, "quick"), "abc") == "7e13bb29ef9a4fd6"
-    assert fingerprint(resolve_config("cnn", "mnist", 100, 3, "quick"), "abc") == "b9683bcdd27f4998"
-    assert fingerprint(resolve_config("cnn_tuned", "mnist", 100, 3, "quick"), "abc") == "6de4fa6b920e9d06"
-    base = resolve_config("sgan", "mnist", 100, 3, "quick")
+    assert (
+        fingerprint(resolve_config("sgan", dataset="mnist", labels=100, seed=3, profile="quick"), "abc")
+        == "7e13bb29ef9a4fd6"
+    )
+    assert (
+        fingerprint(resolve_config("cnn", dataset="mnist", labels=100, seed=3, profile="quick"), "abc")
+        == "b9683bcdd27f4998"
+    )
+    assert (
+        fingerprint(resolve_config("cnn_tuned", dataset="mnist", labels=100, seed=3, profile="quick"), "abc")
+        == "6de4fa6b920e9d06"
+    )
+    base = resolve_config("sgan", dataset="mnist", labels=100, seed=3, profile="quick")
     others = {
         fingerprint(replace(base, architecture="gans_in_action"), "abc"),
         fingerprint(replace(base, labeled_subset="first"), "abc"),
         fingerprint(base, "abc"),
     }
     assert len(others) == 3
-    gia = resolve_config("sgan", "mnist", 100, 3, "quick", architecture="gans_in_action")
+    gia = resolve_config("sgan", dataset="mnist", labels=100, seed=3, profile="quick", architecture="gans_in_action")
     assert (base.batchnorm, gia.batchnorm) == ("none", "zero_debiased")  # GiA runs before it run again
     assert fingerprint(gia, "abc") != fingerprint(replace(gia, batchnorm="none"), "abc")
     # bfloat16 SGAN runs from before the float32-summed bias gradients run again; float32 ones are kept
-    bf16 = resolve_config("sgan", "mnist", 100, 3, "quick", precision="bfloat16")
+    bf16 = resolve_config("sgan", dataset="mnist", labels=100, seed=3, profile="quick", precision="bfloat16")
     assert fingerprint(bf16, "abc") != "8cb5ab58d59f87c6"  # what the code before computed
 
 
@@ -189,39 +202,33 @@ def test_first_n_labeled_images_ignore_the_seed_and_skip_the_validation_split(di
     assert np.array_equal(first, labeled_subset(digits.y_train, 30, 5, excluded=digits.validation, rule="first"))
     open_indices = np.setdiff1d(np.arange(len(digits.y_train)), digits.validation)
     assert np.array_equal(first, open_indices[:30])
-    config = resolve_config("sgan", "digits", 30, labeled_subset="first")
+    config = resolve_config("sgan", dataset="digits", labels=30, labeled_subset="first")
     assert config.protocol == "quick 10x60, first 30 labeled"
 
 
 def test_a_sweep_trial_command_is_parsed_back_into_the_same_settings():
-    from pipeline.cli import build_parser
+    from pipeline.cli import build_parser, setting_values
 
-    for method in ("sgan", "cnn_source"):
+    for method, taken in (("sgan", {"variant": "two_head"}), ("cnn_source", {})):
         config = resolve_config(
-            method, "digits", 30, 2, "smoke", "two_head", precision="bfloat16", architecture="gans_in_action"
+            method,
+            dataset="digits",
+            labels=30,
+            seed=2,
+            profile="smoke",
+            precision="bfloat16",
+            architecture="gans_in_action",
+            **taken,
         )
         args = build_parser().parse_args(trial_command(config, "parent")[3:])
         assert (args.command, args.parent_run_id) == (method, "parent")
-        again = resolve_config(
-            args.command,
-            args.dataset,
-            args.labels,
-            args.seed,
-            args.profile,
-            args.variant,
-            args.epochs,
-            args.steps_per_epoch,
-            args.experiment,
-            args.precision,
-            args.generator_loss,
-            args.architecture,
-            args.labeled_subset,
-        )
-        assert again == config
+        assert resolve_config(args.command, **setting_values(args)) == config
 
 
 def test_the_classic_keras_reference_of_the_book_trains_what_it_intends(digits):
     idx = labeled_subset(digits.y_train, 20, 0, excluded=digits.validation)
-    config = resolve_config("sgan", "digits", 20, profile="gans_in_action", architecture="gans_in_action")
+    config = resolve_config(
+        "sgan", dataset="digits", labels=20, profile="gans_in_action", architecture="gans_in_action"
+    )
     reference = ReferenceSGAN(digits.x_train[idx], digits.y_train[idx], digits.x_train, config)
     check_reference_updates(reference)

@@ -28,14 +28,19 @@ def _digits():
 
 
 def test_reference_updates_exactly_what_the_classic_recipe_intends():
-    reference = ReferenceSGAN(*_digits(), resolve_config("sgan", "digits", 20, profile="paper"))
+    reference = ReferenceSGAN(*_digits(), resolve_config("sgan", dataset="digits", labels=20, profile="paper"))
     check_reference_updates(reference)  # raises ReferenceError if any update moves the wrong weights
     check_reference_updates(reference)
 
 
 def test_improved_gans_classic_reference_updates_what_its_joint_step_and_feature_matching_intend():
     config = resolve_config(
-        "sgan", "digits", 20, profile="improved_gan", architecture="improved_gan", generator_loss="feature_matching"
+        "sgan",
+        dataset="digits",
+        labels=20,
+        profile="improved_gan",
+        architecture="improved_gan",
+        generator_loss="feature_matching",
     )
     reference = ReferenceImprovedGAN(*_digits(), config)
     check_reference_updates(reference)

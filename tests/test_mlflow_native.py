@@ -37,7 +37,7 @@ def smoke_runs(tmp_path_factory):
         mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
         runs = []
         for seed in (0, 1):
-            config = resolve_config("sgan", "digits", 20, seed, "smoke", epochs=3)
+            config = resolve_config("sgan", dataset="digits", labels=20, seed=seed, profile="smoke", epochs=3)
             register = "digits-classifier" if seed == 0 else ""
             result = train_run(config, verbose=False, register_model=register, system_metrics=seed == 0)
             runs.append(mlflow.get_run(result.run_id))

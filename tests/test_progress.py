@@ -9,7 +9,7 @@ from pipeline.sweep import Outcome, Trial
 
 
 def _trial(method: str, seed: int) -> Trial:
-    return Trial(resolve_config(method, "digits", 20, seed=seed, profile="smoke"), f"{method}-{seed}")
+    return Trial(resolve_config(method, dataset="digits", labels=20, seed=seed, profile="smoke"), f"{method}-{seed}")
 
 
 def _finished(trial: Trial, seconds: float, resumed: bool = False) -> Outcome:

@@ -31,7 +31,7 @@ def _models(run_id):
 def sgan_run(tmp_path_factory):
     """One smoke SGAN run on digits, shared by the tests that only read it."""
     with tracking_store(tmp_path_factory.mktemp("store")):
-        config = resolve_config("sgan", "digits", labels=25, seed=1, profile="smoke", epochs=3)
+        config = resolve_config("sgan", dataset="digits", labels=25, seed=1, profile="smoke", epochs=3)
         result = train_run(config, verbose=False)
         yield config, result
 
@@ -122,7 +122,9 @@ def test_logged_generator_loads_in_a_python_that_never_imports_this_package(sgan
 def test_cnn_run_on_an_mnist_slice_pairs_with_the_sgan_subset(store, mnist_slice_dir, monkeypatch):
     monkeypatch.setenv("SGAN_DATA_DIR", str(mnist_slice_dir))
     results = {
-        method: train_run(resolve_config(method, "mnist", labels=50, seed=4, profile="smoke", epochs=1), verbose=False)
+        method: train_run(
+            resolve_config(method, dataset="mnist", labels=50, seed=4, profile="smoke", epochs=1), verbose=False
+        )
         for method in ("cnn", "sgan")
     }
     subsets = {m: mlflow.artifacts.load_dict(f"runs:/{r.run_id}/labeled_subset.json") for m, r in results.items()}
@@ -141,7 +143,7 @@ def test_a_failure_after_the_run_started_marks_it_failed_and_keeps_what_was_logg
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("artifacts cannot be written below a file")
     mlflow.create_experiment("broken", artifact_location=str(blocker / "artifacts"))
-    config = resolve_config("cnn", "digits", labels=10, seed=0, profile="smoke", experiment="broken")
+    config = resolve_config("cnn", dataset="digits", labels=10, seed=0, profile="smoke", experiment="broken")
     with pytest.raises(Exception, match="not-a-folder"):
         train_run(config, verbose=False)
     (run,) = mlflow.search_runs(experiment_names=["broken"], output_format="list")
@@ -161,7 +163,7 @@ def test_a_failure_after_the_run_started_marks_it_failed_and_keeps_what_was_logg
             "generator_loss='wasserstein' is not one of non_saturating, feature_matching",
         ),
         (["sgan", "--augment", "flip"], "augment='flip' is not one of none, shift"),
-        (["cnn_tuned", "--augment", "shift"], "augment='shift': cnn_tuned does not take an augmentation"),
+        (["cnn_tuned", "--augment", "shift"], "augment='shift': cnn_tuned does not take this setting (only sgan, cnn)"),
         (["cnn", "--labels", "5", "--profile", "smoke"], "labels=5 is below the number of classes"),
         (["cnn", "--epochs", "0", "--profile", "smoke"], "epochs=0 must be a positive integer"),
         (["sgan", "--epochs", "-2", "--profile", "smoke"], "epochs=-2 must be a positive integer"),
@@ -232,7 +234,7 @@ def test_cnn_tuned_searches_on_validation_only_and_reports_its_best_validation_e
         monkeypatch.setenv("SGAN_DATA_DIR", str(folder))
         (tmp_path / name).mkdir()
         with tracking_store(tmp_path / name):
-            config = resolve_config("cnn_tuned", "mnist", labels=50, seed=1, profile="smoke")
+            config = resolve_config("cnn_tuned", dataset="mnist", labels=50, seed=1, profile="smoke")
             result = train_run(config, verbose=False)
             run = mlflow.get_run(result.run_id)
             search_id = run.data.tags["recipe_search_run_id"]

@@ -126,10 +126,8 @@ def test_bad_sweep_input_fails_before_any_run(store, args, message):
 
 
 def test_the_grid_has_one_sgan_arm_per_variant_and_generator_loss_and_one_per_baseline():
-    trials = plan_trials(
-        ["sgan", "cnn_tuned"], [20], [0, 1], ["stacked", "k_plus_one"], ["non_saturating", "feature_matching"],
-        dataset="digits", profile="smoke",
-    )  # fmt: skip
+    grid = {"variant": ["stacked", "k_plus_one"], "generator_loss": ["non_saturating", "feature_matching"]}
+    trials = plan_trials(["sgan", "cnn_tuned"], [20], [0, 1], grid, dataset="digits", profile="smoke")
     arms = ["cnn_tuned", "sgan k_plus_one", "sgan k_plus_one feature matching", "sgan stacked"]
     arms.append("sgan stacked feature matching")
     assert [t.config.seed for t in trials] == [0] * 5 + [1] * 5  # the arms of one seed run back to back
@@ -138,7 +136,7 @@ def test_the_grid_has_one_sgan_arm_per_variant_and_generator_loss_and_one_per_ba
 
 
 def test_augmentation_makes_its_own_arms_of_the_fixed_recipes_and_reaches_their_trial_commands():
-    trials = plan_trials(["sgan", "cnn", "cnn_tuned"], [20], [0], augments=["none", "shift"], dataset="digits")
+    trials = plan_trials(["sgan", "cnn", "cnn_tuned"], [20], [0], {"augment": ["none", "shift"]}, dataset="digits")
     by_arm = {t.config.arm: t.config for t in trials}
     assert sorted(by_arm) == ["cnn", "cnn shift", "cnn_tuned", "sgan stacked", "sgan stacked shift"]
     assert by_arm["sgan stacked shift"].run_name == "sgan-stacked-shift-digits-L20-s0"
@@ -193,7 +191,9 @@ def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search_nested
 
 def test_a_trial_that_ran_the_recipe_search_counts_for_its_arm_without_it(store):
     """The other trials of its label count reuse the search, so the ETA must not expect them to run it again."""
-    trial = Trial(resolve_config("cnn_tuned", "digits", 20, seed=0, profile="smoke"), "fingerprint-of-the-trial")
+    trial = Trial(
+        resolve_config("cnn_tuned", dataset="digits", labels=20, seed=0, profile="smoke"), "fingerprint-of-the-trial"
+    )
     client = mlflow.MlflowClient()
     experiment = client.create_experiment("settled")
     parent = client.create_run(experiment).info.run_id

@@ -21,7 +21,7 @@ def digits():
 
 
 def _trainer(digits, method, variant="stacked", labels=20, **settings):
-    config = resolve_config(method, "digits", labels, seed=0, profile="smoke", variant=variant)
+    config = resolve_config(method, dataset="digits", labels=labels, seed=0, profile="smoke", variant=variant)
     config = replace(config, **settings)
     idx = labeled_subset(digits.y_train, labels, seed=0, excluded=digits.validation)
     models = build_models(method, config.variant, 10, config.latent_dim, config.seed)
@@ -107,7 +107,7 @@ def test_fit_records_one_value_per_epoch_and_learns_digits(digits):
 
 
 def test_bfloat16_mixed_precision_trains_every_network_and_keeps_float32_outputs(digits):
-    config = resolve_config("sgan", "digits", 20, seed=0, profile="smoke", precision="bfloat16")
+    config = resolve_config("sgan", dataset="digits", labels=20, seed=0, profile="smoke", precision="bfloat16")
     idx = labeled_subset(digits.y_train, 20, seed=0, excluded=digits.validation)
     models = build_models("sgan", "stacked", 10, config.latent_dim, 0, precision="bfloat16")
     trainer = make_trainer(config, models, digits.x_train[idx], digits.y_train[idx], digits.x_train)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from pipeline.config import AUGMENTED_METHODS, METHODS, ConfigError, arm_name
+from pipeline.config import AUGMENTED_METHODS, METHODS, ConfigError, arm_name, setting_default
 from pipeline.schema import TRIALS_FILE
 
 # A comparison unit: runs pair only within the same data, protocol and networks, and only on the same
@@ -25,8 +25,9 @@ class ReportError(ConfigError):
     """The report cannot be made from what was asked for (for example: no such experiment)."""
 
 
-def _param(runs: pd.DataFrame, name: str, default: str) -> pd.Series:
-    """A param column, with the value that runs logged before the param existed had."""
+def _param(runs: pd.DataFrame, name: str, default: str | None = None) -> pd.Series:
+    """A param column, with the value that runs logged before the param existed had (a setting's default)."""
+    default = str(setting_default(name)) if default is None else default
     column = runs.get(f"params.{name}", pd.Series(default, index=runs.index))
     return column.fillna(default)
 
@@ -53,10 +54,10 @@ def load_runs(experiment: str, sweep_run_id: str | None = None, labels: list[int
     if runs.empty:
         return pd.DataFrame()
     method, variant = runs["tags.method"], runs["params.variant"]
-    generator_loss = _param(runs, "generator_loss", "non_saturating").where(method == "sgan", "none")
-    precision = _param(runs, "precision", "float32")
-    architecture = _param(runs, "architecture", "mlm")
-    augment = _param(runs, "augment", "none").where(method.isin(AUGMENTED_METHODS), "none")  # cnn_tuned: its search's
+    generator_loss = _param(runs, "generator_loss").where(method == "sgan", "none")
+    precision = _param(runs, "precision")
+    architecture = _param(runs, "architecture")
+    augment = _param(runs, "augment").where(method.isin(AUGMENTED_METHODS), "none")  # cnn_tuned: its search's
     epochs, steps = runs["params.num_epochs"].astype(int), runs["params.steps_per_epoch"].astype(int)
     budget = runs["params.profile"] + " " + epochs.astype(str) + "x" + steps.astype(str)
     table = pd.DataFrame(
