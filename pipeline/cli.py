@@ -65,7 +65,8 @@ def add_setting_arguments(parser: argparse.ArgumentParser, method: str | None) -
                 f"--{name}", default=default, help=f"{text}: a comma-separated list (default {default})"
             )
             continue
-        kind = optional_int if meta["profile"] else int if field.type == "int" else str  # annotations are text
+        annotation = field.type if isinstance(field.type, str) else field.type.__name__  # text where postponed
+        kind = optional_int if meta["profile"] else {"int": int, "float": float}.get(annotation, str)
         default = None if meta["profile"] else setting_default(field.name, method or "")
         if method is None and meta["listed"]:
             text += "; a comma-separated list, one arm each"

@@ -462,9 +462,10 @@ def default_experiment(dataset: str, profile: str) -> str:
 # Settings added after runs were first logged (`setting(later=True)`), left out of the fingerprint at their
 # default so that those runs still match (a sweep resumed with newer code reuses them). Fingerprints start
 # anew with FINGERPRINT_VERSION 2: the validation split changed which images may be labeled.
-LATER_DEFAULTS: dict[str, object] = {
-    f.name: f.default for f in dataclasses.fields(RunConfig) if f.metadata.get("later")
-}
+def later_defaults() -> dict[str, object]:
+    return {f.name: f.default for f in dataclasses.fields(RunConfig) if f.metadata.get("later")}
+
+
 FINGERPRINT_VERSION = 2
 
 
@@ -489,7 +490,7 @@ def search_key(config: RunConfig, data_checksum: str) -> str:
 def fingerprint(config: RunConfig, data_checksum: str) -> str:
     """Identity of a run's resolved configuration and data: equal fingerprints, interchangeable runs.
     A `cnn_tuned` run also depends on the space its recipe was searched in."""
-    params = {k: v for k, v in config.as_params().items() if LATER_DEFAULTS.get(k, object()) != v}
+    params = {k: v for k, v in config.as_params().items() if later_defaults().get(k, object()) != v}
     if config.method == "cnn_tuned":
         params["search_space"] = TUNED_SEARCH_SPACE
     if config.method == "sgan" and config.precision == "bfloat16":

@@ -96,3 +96,11 @@ def test_mlflow_run_trains_an_sgan_and_resumes_it_after_a_stop_with_run_id_and_r
     assert after.data.params["num_epochs"] == "3" and after.data.params["labels"] == "20"
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "test_accuracy")]
     assert sorted(steps) == [1, 2, 3]
+
+
+def test_the_committed_mlproject_is_the_one_generated_from_the_cli():
+    """Settings are defined once: the MLproject file is generated (`python -m pipeline.mlproject`), never edited."""
+    from pipeline.cli import build_parser
+    from pipeline.mlproject import render
+
+    assert (ROOT / "MLproject").read_text() == render(build_parser())
