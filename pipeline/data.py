@@ -12,7 +12,6 @@ MNIST is checked against the published checksums of its original files.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import sys
 import zipfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import NUM_CLASSES, ConfigError, validate_labels
+from pipeline.environment import DATA_DIR, OFFLINE, value
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 IMAGE_SHAPE = (28, 28, 1)
@@ -76,9 +76,9 @@ def unscale_pixels(images: np.ndarray) -> np.ndarray:
 
 
 def data_dir() -> Path:
-    if os.environ.get("SGAN_DATA_DIR"):
-        return Path(os.environ["SGAN_DATA_DIR"])
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    if value(DATA_DIR):
+        return Path(value(DATA_DIR))
+    return Path(value("KERAS_HOME") or Path.home() / ".keras") / "datasets"
 
 
 def load_dataset(name: str) -> Dataset:
@@ -136,7 +136,7 @@ def content_identity(arrays: dict[str, np.ndarray]) -> tuple[str, dict[str, str]
 
 
 def _download(name: str, path: Path) -> None:
-    if os.environ.get("SGAN_OFFLINE", "") not in ("", "0"):
+    if value(OFFLINE) not in ("", "0"):
         raise DataError(f"{path}: file not found, and SGAN_OFFLINE is set so it will not be downloaded")
     import keras  # imported here: only a download needs it
 

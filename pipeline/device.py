@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 
-THREADS_ENV = "SGAN_INTRA_OP_THREADS"
+from pipeline.environment import THREADS as THREADS_ENV
+from pipeline.environment import value
 
 
 def configure_device() -> dict[str, str]:
     """Apply the thread count and GPU memory growth; return what to log (`device`, `intra_op_threads`)."""
     import tensorflow as tf  # here, so that the executors can read THREADS_ENV without loading TensorFlow
 
-    threads = int(os.environ.get(THREADS_ENV, "0") or 0)
+    threads = int(value(THREADS_ENV) or 0)
     if threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     gpus = tf.config.list_physical_devices("GPU")

@@ -23,22 +23,11 @@ import mlflow
 
 from pipeline.config import ConfigError
 from pipeline.device import THREADS_ENV
+from pipeline.environment import forwarded, value
 from pipeline.progress import Progress
 from pipeline.stopping import raise_if_stopped
 from pipeline.sweep import RUNNING, Outcome, SearchGate, Trial, run_trial, settle
 
-# What a trial needs from the sweep's environment, wherever Ray runs it.
-FORWARDED_ENV = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
-    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL",
-    "SGAN_DATA_DIR",
-    "SGAN_OFFLINE",
-    "SGAN_FAIL_RUNS",
-    "SGAN_KILL_AFTER_EPOCH",
-    "KERAS_HOME",
-    "TF_CPP_MIN_LOG_LEVEL",
-)
 STOP_GRACE_SECONDS = 180  # for cancelled tasks to stop their trials and close their runs
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication
 INSTALL_HINT = "pip install -e '.[ray]' (Ray 2.40 to 2.x)"
@@ -134,7 +123,7 @@ class RayExecutor:
     def __init__(self, address: str | None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0):
         check_ray_available()
         check_resources(cpus_per_trial, gpus_per_trial)
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.address = address or value("RAY_ADDRESS") or None
         self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
         self.slots = 1
         self.started = False
@@ -143,7 +132,7 @@ class RayExecutor:
         """Join the cluster (or start a local instance), and refuse a tracking store its nodes cannot share."""
         import ray
 
-        env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+        env = forwarded()
         env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
         handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:

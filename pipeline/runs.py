@@ -8,8 +8,6 @@ leaves a run behind; once the run exists, any failure marks it FAILED with the e
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pipeline.config import (
 )
 from pipeline.data import Dataset, labeled_subset, load_dataset
 from pipeline.device import configure_device
+from pipeline.faults import fault_point
 from pipeline.images import image_grid
 from pipeline.models import SGANModels, build_models
 from pipeline.schema import CANDIDATE_TAG, CHECKPOINT_DIR, FINGERPRINT_TAG, SEARCH_SECONDS, SEARCH_TAG
@@ -125,8 +124,7 @@ def train_run(
             mlflow.log_metrics(searched)
         log_run_inputs(config, dataset, indices)
         log_new_params(device)
-        if config.run_name in os.environ.get("SGAN_FAIL_RUNS", "").split(","):
-            raise RuntimeError(f"failure injected for {config.run_name} by SGAN_FAIL_RUNS")
+        fault_point("run_started", run_name=config.run_name)
         started = time.perf_counter()
         models = build_models(
             config.method,
@@ -156,9 +154,7 @@ def train_run(
                 checkpoint.save(Path(folder), trainer, state, config_fingerprint)
                 mlflow.log_artifacts(folder, CHECKPOINT_DIR)
             log_epoch_metrics(state.history, range(state.epoch, state.epoch + 1))
-            kill_epoch, _, scope = os.environ.get("SGAN_KILL_AFTER_EPOCH", "").partition(":")
-            if kill_epoch == str(state.epoch):  # tests: a hard stop, for real, of this run or ("N:group") its group
-                os.killpg(0, signal.SIGKILL) if scope == "group" else os.kill(os.getpid(), signal.SIGKILL)
+            fault_point("epoch_logged", epoch=state.epoch)
 
         history = fit(trainer, splits, on_epoch_end, verbose, state, on_checkpoint)
         result = RunResult(
@@ -290,8 +286,7 @@ def tuned_recipe(
             metrics = {"best_val_accuracy": candidate.score, "best_epoch": candidate.best_epoch}
             mlflow.log_metrics({**metrics, "train_seconds": seconds})
         report(candidate, seconds)
-        if os.environ.get("SGAN_KILL_AFTER_CANDIDATE") == str(done):  # tests: a hard stop inside the search
-            os.kill(os.getpid(), signal.SIGKILL)
+        fault_point("candidate_logged", candidate=done)
 
     started_run = (
         {"run_id": stopped.info.run_id}

@@ -3,13 +3,13 @@ Registry. MLflow only, so light processes (a sweep's parent, the report) use it 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
 
 from pipeline.config import ConfigError
+from pipeline.environment import value
 from pipeline.schema import CHECKPOINT_DIR, CHECKPOINT_STATE, EXPERIMENT_KIND, STOPS_TAG
 
 
@@ -65,7 +65,7 @@ def launched_run_experiment(experiment: str, experiment_given: bool) -> str | No
     """The experiment of the run `mlflow run` already created for this process (MLFLOW_RUN_ID), named by
     its own `--experiment-name`; None outside `mlflow run`. An explicit, different `experiment` cannot be
     honoured there and is refused rather than silently ignored (the CLI asks before TensorFlow loads)."""
-    launched_run = os.environ.get("MLFLOW_RUN_ID")
+    launched_run = value("MLFLOW_RUN_ID")
     if not launched_run:
         return None
     existing = mlflow.get_experiment(mlflow.get_run(launched_run).info.experiment_id).name

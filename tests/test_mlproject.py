@@ -7,6 +7,8 @@ import sys
 import mlflow
 import pandas as pd
 
+from pipeline.faults import arm
+
 from .conftest import ROOT
 
 
@@ -84,7 +86,7 @@ def test_every_entry_point_passes_each_parameter_to_a_cli_flag_with_the_same_def
 def test_mlflow_run_trains_an_sgan_and_resumes_it_after_a_stop_with_run_id_and_resume(store):
     args = ["-e", "sgan", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "epochs=3", "-P", "labels=20"]
     args += ["-P", "seed=1", "-P", "variant=two_head", "--experiment-name", "mr"]
-    stopped = mlflow_run(*args, env={"SGAN_KILL_AFTER_EPOCH": "1"})
+    stopped = mlflow_run(*args, env=arm(kill_after_epoch=1))
     assert stopped.returncode != 0
     (run,) = mlflow.search_runs(experiment_names=["mr"], output_format="list")
     assert run.info.status == "FAILED"  # `mlflow run` saw its command die

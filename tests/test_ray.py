@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from pipeline.config import ConfigError
+from pipeline.faults import arm
 from pipeline.ray_executor import check_tracking_for_cluster
 
 from .conftest import assert_nothing_lost, cli, free_port, refused, started, wait_until
@@ -86,7 +87,7 @@ def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_n
     assert f"error: could not join the Ray cluster at '{address}': AuthenticationError" in without_token.stderr
     assert "the cluster uses token authentication: set RAY_AUTH_MODE=token" in without_token.stderr
     assert mlflow.get_experiment_by_name("on-ray") is None  # refused before any run
-    first = cli(*args, "--ray-address", address, cwd=tmp_path, env={**auth, "SGAN_FAIL_RUNS": "cnn-digits-L10-s0"})
+    first = cli(*args, "--ray-address", address, cwd=tmp_path, env={**auth, **arm(fail_runs=["cnn-digits-L10-s0"])})
     assert first.returncode == 1, first.stderr[-3000:]
     assert "epoch 2/2" in first.stdout and "[4/4]" in first.stdout and "1 failed" in first.stdout
     parent = _parents("on-ray").iloc[0]

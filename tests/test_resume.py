@@ -7,6 +7,8 @@ import sys
 import mlflow
 import pytest
 
+from pipeline.faults import arm
+
 from .conftest import cli, refused
 
 RUN = ["--dataset", "digits", "--profile", "smoke", "--epochs", "4", "--labels", "20", "--seed", "2", "--quiet"]
@@ -36,7 +38,7 @@ def _histories(run_id, keys):
 def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_float(store, tmp_path, method, keys):
     # one experiment: cnn_tuned's recipe search runs once and serves both runs
     if method == "cnn_tuned":  # ... after a hard stop inside it, which it continues rather than starts again
-        stopped = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path, env={"SGAN_KILL_AFTER_CANDIDATE": "2"})
+        stopped = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path, env=arm(kill_after_candidate=2))
         assert stopped.returncode == -9
     loud = [arg for arg in RUN if arg != "--quiet"] if method == "cnn_tuned" else RUN  # a line per candidate
     whole = cli(method, *loud, "--experiment", "resume", cwd=tmp_path)
@@ -49,7 +51,7 @@ def test_a_run_killed_hard_and_resumed_matches_the_uninterrupted_run_to_the_floa
         )
         assert sorted(candidates["tags.mlflow.runName"].str[-2:]) == ["-1", "-2", "-3", "-4"]  # none trained twice
         assert set(candidates.status) == {"FINISHED"} and mlflow.get_run(search).info.status == "FINISHED"
-    killed = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "2"})
+    killed = cli(method, *RUN, "--experiment", "resume", cwd=tmp_path, env=arm(kill_after_epoch=2))
     assert killed.returncode == -9  # SIGKILL: nothing of the process could react
     reference, run = _runs("resume", method)
     assert run.info.status == "RUNNING"  # what a hard stop leaves; the resume ends it properly

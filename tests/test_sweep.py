@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import resolve_config
+from pipeline.faults import arm
 from pipeline.schema import FINGERPRINT_TAG, SEARCH_SECONDS
 from pipeline.sweep import SearchGate, Trial, plan_trials, settle, trial_command
 
@@ -38,7 +39,7 @@ def swept(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep-store")
     with tracking_store(folder):
         args = [*SWEEP, "--labels", "10,20", "--seeds", "0", "--max-parallel", "2", "--register-model", "best-digits"]
-        first = cli(*args, cwd=folder, env={"SGAN_FAIL_RUNS": FAILING})
+        first = cli(*args, cwd=folder, env=arm(fail_runs=FAILING.split(",")))
         second = cli(*args, cwd=folder)
         yield folder, first, second
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import psutil
 
+from pipeline.faults import arm
 from pipeline.owner import is_abandoned, process_identity
 from pipeline.schema import CANDIDATE_TAG
 from pipeline.sweep import close_unfinished_runs
@@ -41,7 +42,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_pa
 
 def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_killed_hard(store, tmp_path):
     args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0", "--epochs", "3", "--experiment", "halfway"]
-    stopped = cli(*args, cwd=tmp_path, env={"SGAN_KILL_AFTER_EPOCH": "1"})  # the trial dies hard after epoch 1
+    stopped = cli(*args, cwd=tmp_path, env=arm(kill_after_epoch=1))  # the trial dies hard after epoch 1
     assert stopped.returncode == 1 and "1 failed" in stopped.stdout
     (run,) = _trial_runs("halfway").itertuples()
     assert run.status == "FAILED"
@@ -50,7 +51,7 @@ def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_kill
     killed = subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=tmp_path,
-        env={**os.environ, "SGAN_KILL_AFTER_EPOCH": "2:group"},
+        env={**os.environ, **arm(kill_after_epoch=2, scope="group")},
         start_new_session=True,  # its own process group, without this test's
         capture_output=True,
         timeout=600,

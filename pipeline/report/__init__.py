@@ -8,13 +8,13 @@ URI) and writes `reports/<experiment>/`. Imports neither TensorFlow nor Keras.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 
+from pipeline.environment import value
 from pipeline.report import plots
 from pipeline.report.content import blocks
 from pipeline.report.document import to_html, to_markdown
@@ -135,7 +135,7 @@ def make_report(
         mlflow.MlflowClient().log_artifacts(log_to_run, str(out_dir), "report")
     else:
         # under `mlflow run -e report` the run exists already (MLFLOW_RUN_ID) and is the report run
-        launched = os.environ.get("MLFLOW_RUN_ID")
+        launched = value("MLFLOW_RUN_ID")
         experiment_id = None if launched else mlflow.get_experiment_by_name(experiment).experiment_id
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"report-{experiment}", tags={REPORT_TAG: "true"}):
             mlflow.log_params(

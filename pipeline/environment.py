@@ -1,0 +1,46 @@
+"""Every environment variable this project reads, in one place: what it does and whether a sweep's trials
+get it wherever they run (a local trial inherits the sweep's environment; a Ray worker gets only these)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    what: str
+    forwarded: bool = True  # to a sweep's trials on Ray workers
+
+
+DATA_DIR = "SGAN_DATA_DIR"
+OFFLINE = "SGAN_OFFLINE"
+THREADS = "SGAN_INTRA_OP_THREADS"
+FAULTS = "SGAN_TEST_FAULTS"
+
+VARIABLES = (
+    Variable(DATA_DIR, "the folder holding <dataset>.npz (default: Keras' cache, where downloads go)"),
+    Variable(OFFLINE, "1: never download a dataset; a missing file is an error"),
+    Variable(THREADS, "TensorFlow's intra-op threads in a trial (set by the sweep from its slots; 0: TensorFlow's)"),
+    Variable("KERAS_HOME", "Keras' own folder, whose datasets/ is the default data folder"),
+    Variable("MLFLOW_TRACKING_URI", "MLflow's tracking store (MLflow's own variable)"),
+    Variable("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true: every run samples CPU, memory and GPU (MLflow's own)"),
+    Variable("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "seconds between system-metric samples (MLflow's own)"),
+    Variable("TF_CPP_MIN_LOG_LEVEL", "TensorFlow's C++ log level (its own)"),
+    Variable("MLFLOW_RUN_ID", "set by `mlflow run`: the run an entry point logs into", forwarded=False),
+    Variable("RAY_ADDRESS", "the Ray cluster a sweep with --executor ray joins (Ray's own)", forwarded=False),
+    Variable(FAULTS, "tests only: the failures pipeline.faults injects (never set it otherwise)"),
+)
+
+
+def value(name: str, default: str = "") -> str:
+    """A registered variable's value (unregistered names are a programming error)."""
+    if name not in {v.name for v in VARIABLES}:
+        raise KeyError(f"{name} is not one of the project's environment variables (pipeline.environment)")
+    return os.environ.get(name, default)
+
+
+def forwarded() -> dict[str, str]:
+    """What a trial on a Ray worker gets from the sweep's environment."""
+    return {v.name: os.environ[v.name] for v in VARIABLES if v.forwarded and v.name in os.environ}
