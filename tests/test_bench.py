@@ -65,6 +65,7 @@ def test_flop_estimate_is_the_documented_64_gflop_scale():
     assert 55e9 < flops_per_step() < 70e9
 
 
+@pytest.mark.slow
 def test_bench_cli_prints_json_with_the_headline_figures():
     # the smaller of the two architectures, to keep the suite fast; `mlm` runs the same code
     result = cli(

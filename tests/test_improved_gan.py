@@ -166,6 +166,7 @@ def test_settings_name_the_mlp_and_keep_runs_apart():
         resolve_config("sgan", variant="two_head", architecture="improved_gan")
 
 
+@pytest.mark.slow
 def test_a_run_is_logged_with_its_architecture_and_the_report_pairs_it_with_its_own_mlp(tmp_path, digits):
     with tracking_store(tmp_path):
         config = resolve_config(

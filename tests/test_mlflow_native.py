@@ -44,6 +44,7 @@ def smoke_runs(tmp_path_factory):
         yield folder, runs
 
 
+@pytest.mark.slow
 def test_every_run_lists_its_datasets_with_content_digests(smoke_runs):
     _, (first, second) = smoke_runs
     inputs = {d.dataset.name: d for d in first.inputs.dataset_inputs}
@@ -63,6 +64,7 @@ def test_every_run_lists_its_datasets_with_content_digests(smoke_runs):
     assert other["digits-labeled-L20-s1"] != inputs["digits-labeled-L20-s0"].dataset.digest  # other images
 
 
+@pytest.mark.slow
 def test_final_figures_are_linked_to_the_classifier_they_belong_to(smoke_runs):
     _, (run, _) = smoke_runs
     models = _models(run)
@@ -78,6 +80,7 @@ def test_final_figures_are_linked_to_the_classifier_they_belong_to(smoke_runs):
     assert classifier.params["labels"] == "20" and classifier.params["seed"] == "0"
 
 
+@pytest.mark.slow
 def test_each_run_has_a_description_a_confusion_matrix_and_per_class_accuracy(smoke_runs):
     _, (run, _) = smoke_runs
     description = run.data.tags["mlflow.note.content"]
@@ -94,6 +97,7 @@ def test_each_run_has_a_description_a_confusion_matrix_and_per_class_accuracy(sm
         assert run.data.metrics[f"test_accuracy_class_{row[1]}"] == pytest.approx(row.correct / row.test_examples)
 
 
+@pytest.mark.slow
 def test_register_model_adds_the_classifier_to_the_registry(smoke_runs):
     _, (run, other) = smoke_runs
     (version,) = mlflow.MlflowClient().search_model_versions("name = 'digits-classifier'")
@@ -102,6 +106,7 @@ def test_register_model_adds_the_classifier_to_the_registry(smoke_runs):
     assert not mlflow.MlflowClient().search_model_versions(f"run_id = '{other.info.run_id}'")
 
 
+@pytest.mark.slow
 def test_system_metrics_are_logged_only_where_asked(smoke_runs):
     _, (run, other) = smoke_runs
     system = [key for key in run.data.metrics if key.startswith("system/")]
@@ -124,6 +129,7 @@ def test_the_sweeps_registered_classifier_is_chosen_on_validation_never_on_test(
     assert chosen.loc[50, "run_id"] == "c0"
 
 
+@pytest.mark.slow
 def test_a_served_classifier_answers_http_with_class_probabilities(smoke_runs, tmp_path):
     folder, (run, _) = smoke_runs
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -157,6 +163,7 @@ def test_a_served_classifier_answers_http_with_class_probabilities(smoke_runs, t
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_run_through_a_real_mlflow_server_has_inputs_linked_metrics_and_a_registered_model(
     mlflow_server, tmp_path, monkeypatch
 ):

@@ -6,6 +6,7 @@ import sys
 
 import mlflow
 import pandas as pd
+import pytest
 
 from pipeline.faults import arm
 
@@ -23,6 +24,7 @@ def mlflow_run(*args: str, env: dict[str, str] | None = None):
     )
 
 
+@pytest.mark.slow
 def test_an_experiment_parameter_that_mlflow_run_cannot_honour_is_refused(store):
     result = mlflow_run("-e", "cnn", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "experiment=elsewhere")
     assert result.returncode != 0
@@ -30,6 +32,7 @@ def test_an_experiment_parameter_that_mlflow_run_cannot_honour_is_refused(store)
     assert mlflow.get_experiment_by_name("elsewhere") is None
 
 
+@pytest.mark.slow
 def test_main_entry_point_sweeps_one_arm_per_generator_loss_then_reports_each_against_the_baseline(store, tmp_path):
     parameters = {
         "dataset": "digits",
@@ -83,6 +86,7 @@ def test_every_entry_point_passes_each_parameter_to_a_cli_flag_with_the_same_def
             assert str(default).lower() == str(cli_default).lower(), (name, parameter, default, cli_default)
 
 
+@pytest.mark.slow
 def test_mlflow_run_trains_an_sgan_and_resumes_it_after_a_stop_with_run_id_and_resume(store):
     args = ["-e", "sgan", "-P", "dataset=digits", "-P", "profile=smoke", "-P", "epochs=3", "-P", "labels=20"]
     args += ["-P", "seed=1", "-P", "variant=two_head", "--experiment-name", "mr"]

@@ -66,6 +66,7 @@ def _children(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+@pytest.mark.slow
 def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_nothing_and_a_rerun_reuses_the_rest(
     ray_cluster, mlflow_server, tmp_path, monkeypatch
 ):
@@ -115,6 +116,7 @@ def test_a_ray_sweep_joins_a_cluster_nests_every_trial_records_a_failure_loses_n
     assert len(runs) == 5 and (runs.status == "FINISHED").sum() == 4
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_ray_sweep_stops_its_trials_and_leaves_nothing_running(store, tmp_path):
     args = [*RAY_SWEEP, "--methods", "sgan", "--labels", "10,20", "--seeds", "0", "--epochs", "60"]
     sweep = started(*args, "--experiment", "ray-stop", cwd=tmp_path)

@@ -222,6 +222,7 @@ def test_runs_of_different_protocols_are_kept_apart_and_reruns_are_named(store):
     assert any(f"Superseded: {first}." in note for note in report.notes), report.notes
 
 
+@pytest.mark.slow
 def test_an_experiment_without_finished_runs_gives_a_clear_message(store, tmp_path):
     mlflow.create_experiment("empty")
     result = cli("report", "--experiment", "empty", "--out", str(tmp_path / "out"))
@@ -234,6 +235,7 @@ def test_an_experiment_without_finished_runs_gives_a_clear_message(store, tmp_pa
     assert metric.returncode == 2 and "metric='best' is not one of final, ema" in metric.stderr
 
 
+@pytest.mark.slow
 def test_report_works_against_a_real_mlflow_server(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

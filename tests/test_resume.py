@@ -28,6 +28,7 @@ def _histories(run_id, keys):
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "keys"),
     [

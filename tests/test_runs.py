@@ -36,6 +36,7 @@ def sgan_run(tmp_path_factory):
         yield config, result
 
 
+@pytest.mark.slow
 def test_sgan_run_logs_params_tags_and_per_epoch_metrics(sgan_run):
     config, result = sgan_run
     run = mlflow.get_run(result.run_id)
@@ -70,6 +71,7 @@ def test_sgan_run_logs_params_tags_and_per_epoch_metrics(sgan_run):
     assert run.data.metrics["steps_per_second"] > 0 and run.data.metrics["wall_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_sgan_run_logs_the_subset_and_one_image_grid_per_epoch(sgan_run, tmp_path):
     config, result = sgan_run
     subset = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/labeled_subset.json")
@@ -82,6 +84,7 @@ def test_sgan_run_logs_the_subset_and_one_image_grid_per_epoch(sgan_run, tmp_pat
     assert all(p.split("/")[-1].startswith("generated_images+") for p in pngs)
 
 
+@pytest.mark.slow
 def test_logged_classifier_reloads_with_the_same_predictions(sgan_run):
     _, result = sgan_run
     models = _models(result.run_id)
@@ -98,6 +101,7 @@ def test_logged_classifier_reloads_with_the_same_predictions(sgan_run):
     assert images.shape == (2, 28, 28, 1) and np.abs(images).max() <= 1.0
 
 
+@pytest.mark.slow
 def test_logged_generator_loads_in_a_python_that_never_imports_this_package(sgan_run, tmp_path):
     _, result = sgan_run
     z = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
@@ -119,6 +123,7 @@ def test_logged_generator_loads_in_a_python_that_never_imports_this_package(sgan
     np.testing.assert_allclose(np.load(tmp_path / "images.npy"), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cnn_run_on_an_mnist_slice_pairs_with_the_sgan_subset(store, mnist_slice_dir, monkeypatch):
     monkeypatch.setenv("SGAN_DATA_DIR", str(mnist_slice_dir))
     results = {
@@ -139,6 +144,7 @@ def test_cnn_run_on_an_mnist_slice_pairs_with_the_sgan_subset(store, mnist_slice
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
 
 
+@pytest.mark.slow
 def test_a_failure_after_the_run_started_marks_it_failed_and_keeps_what_was_logged(store, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("artifacts cannot be written below a file")
@@ -202,6 +208,7 @@ def test_unreachable_tracking_uri_fails_fast(store):
     assert "tensorflow loaded: False" in result.stdout  # refused before the heavy imports
 
 
+@pytest.mark.slow
 def test_cli_run_prints_progress_and_a_summary(store):
     result = cli("cnn", "--dataset", "digits", "--labels", "20", "--profile", "smoke")
     assert result.returncode == 0, result.stderr
@@ -221,6 +228,7 @@ def _permuted_test_labels(source, folder):
     return folder
 
 
+@pytest.mark.slow
 def test_cnn_tuned_searches_on_validation_only_and_reports_its_best_validation_epoch(
     mnist_slice_dir, tmp_path, monkeypatch
 ):

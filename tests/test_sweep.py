@@ -49,6 +49,7 @@ def _runs_of(parent: str) -> pd.DataFrame:
     return runs[runs["tags.mlflow.parentRunId"] == parent]
 
 
+@pytest.mark.slow
 def test_sweep_makes_one_nested_child_run_per_trial_and_parallel_trials_lose_nothing(swept):
     _, first, _ = swept
     assert first.returncode == 1, first.stderr[-3000:]  # one trial failed; the sweep went on
@@ -71,6 +72,7 @@ def test_sweep_makes_one_nested_child_run_per_trial_and_parallel_trials_lose_not
     assert set(runs["params.intra_op_threads"]) == {share}
 
 
+@pytest.mark.slow
 def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(swept):
     _, first, second = swept
     client = mlflow.MlflowClient()
@@ -83,6 +85,7 @@ def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(swe
     assert "Registered best-digits version" in first.stdout and "Registered best-digits version" in second.stdout
 
 
+@pytest.mark.slow
 def test_running_the_same_sweep_again_reruns_only_the_failed_trial_and_reuses_the_rest(swept):
     folder, _, second = swept
     assert second.returncode == 0, second.stderr[-3000:]
@@ -147,6 +150,7 @@ def test_augmentation_makes_its_own_arms_of_the_fixed_recipes_and_reaches_their_
     assert "--augment" not in trial_command(by_arm["cnn_tuned"], "parent")
 
 
+@pytest.mark.slow
 def test_the_search_gate_lets_one_trial_search_while_the_others_of_its_group_wait():
     trials = plan_trials(["cnn_tuned", "cnn"], [20, 30], [0, 1], dataset="digits", profile="smoke")
     tuned20 = [t for t in trials if t.config.method == "cnn_tuned" and t.config.labels == 20]
@@ -163,6 +167,7 @@ def test_the_search_gate_lets_one_trial_search_while_the_others_of_its_group_wai
     assert gate.admits(tuned20[0]) and gate.admits(tuned20[1])
 
 
+@pytest.mark.slow
 def test_parallel_tuned_trials_of_one_label_count_share_one_recipe_search_nested_in_the_sweep(store, tmp_path):
     args = [*SWEEP, "--methods", "cnn_tuned", "--labels", "20", "--seeds", "0,1", "--max-parallel", "2"]
     result = cli(*args, "--epochs", "1", "--experiment", "one-search", cwd=tmp_path)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import psutil
+import pytest
 
 from pipeline.faults import arm
 from pipeline.owner import is_abandoned, process_identity
@@ -22,6 +23,7 @@ from .conftest import cli, started, wait_until
 from .test_sweep import SWEEP, _parents, _trial_runs
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_path):
     args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0,1,2", "--experiment", "interrupted"]
     sweep = started(*args, cwd=tmp_path, own_group=True)
@@ -40,6 +42,7 @@ def test_ctrl_c_keeps_finished_trials_and_the_same_command_resumes(store, tmp_pa
     assert finished_before <= set(finished.run_id) and len(finished) == 3
 
 
+@pytest.mark.slow
 def test_a_sweep_started_again_resumes_a_half_done_trial_and_closes_a_sweep_killed_hard(store, tmp_path):
     args = [*SWEEP, "--methods", "cnn", "--labels", "10", "--seeds", "0", "--epochs", "3", "--experiment", "halfway"]
     stopped = cli(*args, cwd=tmp_path, env=arm(kill_after_epoch=1))  # the trial dies hard after epoch 1
@@ -97,6 +100,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_signal_to_the_sweep_alone_stops_its_trials_and_leaves_nothing_running(store, tmp_path):
     """What `kill`, `timeout`, systemd or a scheduler do: signal the sweep's process only. (SIGINT to the
     sweep alone: test_a_sweep_stopped_during_a_recipe_search_...; to its whole group: test_ctrl_c_...)"""
@@ -163,6 +167,7 @@ def test_only_a_process_gone_from_this_host_counts_as_abandoning_its_sweep():
     assert not is_abandoned("")  # a sweep run older than the tag
 
 
+@pytest.mark.slow
 def test_a_sweep_stopped_during_a_recipe_search_ends_the_search_killed_and_invents_no_trial_run(store, tmp_path):
     """SIGINT to the sweep alone while a `cnn_tuned` trial searches its recipe (it has no run of its own yet):
     the sweep stops the trial, whose search ends KILLED with the stop as its error; its finished candidates are
