@@ -225,6 +225,7 @@ def test_a_sweep_trial_command_is_parsed_back_into_the_same_settings():
         assert resolve_config(args.command, **setting_values(args)) == config
 
 
+@pytest.mark.slow  # the fast tier's budget; the same logic runs there on lighter cases
 def test_the_classic_keras_reference_of_the_book_trains_what_it_intends(digits):
     idx = labeled_subset(digits.y_train, 20, 0, excluded=digits.validation)
     config = resolve_config(

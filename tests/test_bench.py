@@ -27,6 +27,7 @@ def _digits():
     return data.x_train[idx], data.y_train[idx], data.x_train
 
 
+@pytest.mark.slow  # the fast tier's budget; the same logic runs there on lighter cases
 def test_reference_updates_exactly_what_the_classic_recipe_intends():
     reference = ReferenceSGAN(*_digits(), resolve_config("sgan", dataset="digits", labels=20, profile="paper"))
     check_reference_updates(reference)  # raises ReferenceError if any update moves the wrong weights

@@ -203,6 +203,7 @@ with mlflow.start_run(experiment_id=experiment_id):
 """
 
 
+@pytest.mark.slow  # the fast tier's budget; the same logic runs there on lighter cases
 def test_parallel_runs_logging_the_same_new_dataset_all_keep_it(tmp_path):
     """MLflow's SQL store finds-then-inserts a dataset, so of runs logging the same new dataset at once
     one could fail (seen: a sweep trial failed on the unique constraint); each run must end up with it."""

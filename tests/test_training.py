@@ -106,6 +106,7 @@ def test_fit_records_one_value_per_epoch_and_learns_digits(digits):
     assert history.last("labeled_accuracy") > 0.3
 
 
+@pytest.mark.slow  # the fast tier's budget; the same logic runs there on lighter cases
 def test_bfloat16_mixed_precision_trains_every_network_and_keeps_float32_outputs(digits):
     config = resolve_config("sgan", dataset="digits", labels=20, seed=0, profile="smoke", precision="bfloat16")
     idx = labeled_subset(digits.y_train, 20, seed=0, excluded=digits.validation)
@@ -183,6 +184,7 @@ def test_shift_augmentation_moves_each_image_by_at_most_two_pixels():
     assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == 25  # every offset occurs
 
 
+@pytest.mark.slow  # the fast tier's budget; the same logic runs there on lighter cases
 def test_the_sgan_supervised_update_trains_on_shifted_images_when_asked(digits):
     """Same seed, same first labeled batch: only the augmentation can change the first supervised loss."""
     first = {}
