@@ -22,7 +22,7 @@ from pipeline.config import (
     user_settings,
 )
 from pipeline.data import DataError
-from pipeline.stopping import stop_on_signals, stop_signal
+from pipeline.stopping import stop_on_signals, stop_signal, stopped_by_signal
 
 EXECUTORS = ("local", "ray")
 # Importing TensorFlow, Keras and MLflow and tracing a model leave about a million long-lived Python objects, which
@@ -349,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except BaseException as err:  # a stop, even one TensorFlow turned into another exception (pipeline.store)
+        if not (isinstance(err, KeyboardInterrupt) or stopped_by_signal()):
+            raise
         signum = stop_signal()
         print(f"stopped by {signal.Signals(signum).name}: {how_to_resume(args.command)}", file=sys.stderr)
         return 128 + signum

@@ -39,6 +39,10 @@ def raise_if_stopped() -> None:
         raise Stopped(RECEIVED[0])
 
 
+def stopped_by_signal() -> bool:
+    return bool(RECEIVED)
+
+
 def stop_signal() -> int:
     """The signal that stopped this process (SIGINT when none did: a KeyboardInterrupt of another origin)."""
     return RECEIVED[0] if RECEIVED else signal.SIGINT

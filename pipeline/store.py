@@ -11,6 +11,7 @@ import mlflow
 from pipeline.config import ConfigError
 from pipeline.environment import value
 from pipeline.schema import CHECKPOINT_DIR, CHECKPOINT_STATE, EXPERIMENT_KIND, STOPS_TAG
+from pipeline.stopping import Stopped, stop_signal, stopped_by_signal
 
 
 def check_tracking_uri(uri: str | None = None) -> str:
@@ -120,7 +121,11 @@ def stops_recorded() -> Iterator[None]:
 
 def record_stop(err: BaseException) -> None:
     """Tag the active run with why it stopped; Ctrl-C ends it KILLED (MLflow's run context would call
-    any exception FAILED). Either way it is never left FINISHED."""
+    any exception FAILED). Either way it is never left FINISHED. A stop signal counts as the stop even when
+    it surfaced as another exception: one raised while TensorFlow traces a function unwinds through its graph
+    contexts, which then raise an AssertionError ("Nesting violated ...") of their own."""
+    if stopped_by_signal():
+        err = Stopped(stop_signal())
     mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000] if str(err) else type(err).__name__)
     if isinstance(err, KeyboardInterrupt):
         mlflow.end_run("KILLED")
