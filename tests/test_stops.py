@@ -3,32 +3,28 @@
 import signal
 
 import mlflow
+import pytest
 
 from pipeline import stopping
 from pipeline.store import stops_recorded
 
+TRACED = AssertionError("Nesting violated for default stack of FuncGraph objects")
 
-def test_a_stop_that_tensorflow_turned_into_another_exception_still_ends_the_run_killed(store, monkeypatch):
-    """A SIGTERM raised while TensorFlow traces a function comes out of its graph contexts as an AssertionError
-    ("Nesting violated ..."): the run is KILLED with the stop as its error, not FAILED with TensorFlow's."""
-    monkeypatch.setattr(stopping, "RECEIVED", [signal.SIGTERM])
+
+@pytest.mark.parametrize(
+    ("received", "failure", "status", "error"),
+    [
+        ([signal.SIGTERM], TRACED, "KILLED", "Stopped: SIGTERM"),  # a stop TensorFlow's graph contexts re-raised
+        ([], ValueError("broken"), "FAILED", "ValueError: broken"),  # no stop: the failure is recorded as itself
+    ],
+    ids=["stop-during-tracing", "failure"],
+)
+def test_a_run_ends_by_its_stop_signal_whatever_exception_surfaced(
+    store, monkeypatch, received, failure, status, error
+):
+    monkeypatch.setattr(stopping, "RECEIVED", received)
     mlflow.set_experiment("stops")
-    try:
-        with mlflow.start_run() as run, stops_recorded():
-            raise AssertionError("Nesting violated for default stack of FuncGraph objects")
-    except AssertionError:
-        pass
+    with pytest.raises(type(failure)), mlflow.start_run() as run, stops_recorded():
+        raise failure
     ended = mlflow.get_run(run.info.run_id)
-    assert ended.info.status == "KILLED" and ended.data.tags["error"] == "Stopped: SIGTERM"
-
-
-def test_without_a_stop_signal_a_failure_is_recorded_as_itself(store, monkeypatch):
-    monkeypatch.setattr(stopping, "RECEIVED", [])
-    mlflow.set_experiment("stops")
-    try:
-        with mlflow.start_run() as run, stops_recorded():
-            raise ValueError("broken")
-    except ValueError:
-        pass
-    ended = mlflow.get_run(run.info.run_id)
-    assert ended.info.status == "FAILED" and ended.data.tags["error"] == "ValueError: broken"
+    assert (ended.info.status, ended.data.tags["error"]) == (status, error)
