@@ -197,7 +197,9 @@ class RunConfig:
         "stacked", "SGAN variant", choices=VARIANTS, methods=("sgan",), absent="none", listed=True, tag=True
     )
     epochs: int = setting(PROFILES["quick"].epochs, "override the profile's epochs", profile=True)
-    steps_per_epoch: int = setting(PROFILES["quick"].steps_per_epoch, "override the profile's steps", profile=True)
+    steps_per_epoch: int = setting(
+        PROFILES["quick"].steps_per_epoch, "override the profile's steps per epoch", profile=True
+    )
     experiment: str = ""  # where the run lives, not a param; the CLI's flag is its own (see pipeline.cli)
     batch_size: int = setting(100, profile=True)  # generated images per generator update
     discriminator_batch: int = setting(50, profile=True, later=True)  # labeled, real and generated per D update
