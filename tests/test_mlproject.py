@@ -110,3 +110,14 @@ def test_the_committed_mlproject_is_the_one_generated_from_the_cli():
     from pipeline.mlproject import render
 
     assert (ROOT / "MLproject").read_text() == render(build_parser())
+
+
+def test_conda_yaml_installs_what_pyproject_declares_with_the_ray_extra():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    (pip,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
+    assert sorted(pip) == sorted(project["dependencies"] + project["optional-dependencies"]["ray"])

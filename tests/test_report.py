@@ -130,6 +130,9 @@ def test_report_files_state_what_is_reported_and_keep_published_numbers_apart(st
     assert "## Findings\n\nFirst finding, wrapped.\n\nSecond finding." in markdown
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
+    body = html.split("</style>", 1)[1]  # rendered Markdown: no raw backticks, bold marks or table pipes
+    assert "`" not in body and "**" not in body and "|---" not in body.replace(" ", "")
+    assert "<code>final_test_accuracy</code>" in body and body.count("<table>") >= 2
     (run,) = mlflow.search_runs(experiment_names=["known"], filter_string="tags.report = 'true'", output_format="list")
     logged = {f.path for f in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="report")}
     assert "report/report.md" in logged and "report/summary.csv" in logged

@@ -1,11 +1,13 @@
-"""A small document model, a list of (kind, content) blocks, and its two renderers. Kinds: h1, h2,
-p (text, `**bold**` allowed), table (a DataFrame), img (a file name in the report's folder)."""
+"""A small document model, a list of (kind, content) blocks, rendered to Markdown, and the Markdown to
+HTML. Kinds: h1, h2, p (Markdown text), table (a DataFrame), img (a file name in the report's folder)."""
 
 from __future__ import annotations
 
 import base64
 import html
 from pathlib import Path
+
+from markdown_it import MarkdownIt
 
 Block = tuple[str, object]
 
@@ -27,26 +29,27 @@ def to_markdown(blocks: list[Block]) -> str:
 
 
 def to_html(blocks: list[Block], folder: Path) -> str:
-    body = []
-    for kind, content in blocks:
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{html.escape(content)}</{kind}>")
-        elif kind == "table":
-            body.append(content.to_html(index=False, na_rep="n/a", border=0, classes="table"))
-        elif kind == "img":  # embedded, so the page is whole wherever it is opened (MLflow UI included)
-            data = base64.b64encode((folder / content).read_bytes()).decode()
-            body.append(f'<img alt="{content}" src="data:image/png;base64,{data}">')
-        else:
-            text = html.escape(str(content))
-            while "**" in text:
-                text = text.replace("**", "<strong>", 1).replace("**", "</strong>", 1)
-            body.append(f"<p>{text}</p>")
+    return markdown_to_html(to_markdown(blocks), str(blocks[0][1]), folder)
+
+
+def markdown_to_html(markdown: str, title: str, folder: Path) -> str:
+    """The Markdown rendered by a real Markdown library (CommonMark with tables), so that what reads right in
+    `report.md` reads right here; images embedded, so the page is whole wherever it is opened (MLflow's UI
+    included)."""
+    renderer = MarkdownIt("commonmark").enable("table")
+
+    def embedded_image(self, tokens, index, options, env) -> str:  # markdown-it binds rules as methods
+        name = tokens[index].attrGet("src")
+        data = base64.b64encode((folder / name).read_bytes()).decode()
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+    renderer.add_render_rule("image", embedded_image)
     style = (
         "body{font-family:sans-serif;max-width:66em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:right}"
-        "img{max-width:100%}"
+        "img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}"
     )
     return (
-        f"<!doctype html><meta charset='utf-8'><title>{html.escape(blocks[0][1])}</title><style>{style}</style>\n"
-        + "\n".join(body)
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>\n"
+        + renderer.render(markdown)
     )
