@@ -32,8 +32,7 @@ from pipeline.config import NUM_CLASSES, RunConfig, resolve_config
 from pipeline.data import labeled_subset, load_dataset
 from pipeline.layers import WeightNormDense
 from pipeline.models import build_discriminator, build_generator, build_models
-from pipeline.optimizers import InnerEpsilonAdam
-from pipeline.training import make_trainer
+from pipeline.training import make_optimizer, make_trainer
 
 # each architecture's own batches and optimizer, and its generator loss
 PROTOCOL_OF = {"mlm": "paper", "gans_in_action": "gans_in_action", "improved_gan": "improved_gan"}
@@ -83,10 +82,10 @@ class ReferenceSGAN:
         logits = discriminator.get_layer("class_logits").output
         self.d_model = keras.Model(discriminator.input, keras.layers.Lambda(_z_over_z_plus_one)(logits))
         self.c_model = classifier
-        self.c_model.compile(optimizer=_adam(config), loss="sparse_categorical_crossentropy")
-        self.d_model.compile(optimizer=_adam(config), loss="binary_crossentropy")
+        self.c_model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy")
+        self.d_model.compile(optimizer=make_optimizer(config), loss="binary_crossentropy")
         self.gan_model = keras.Model(self.generator.input, self.d_model(self.generator.output))
-        self.gan_model.compile(optimizer=_adam(config), loss="binary_crossentropy")
+        self.gan_model.compile(optimizer=make_optimizer(config), loss="binary_crossentropy")
         self.x_labeled, self.y_labeled, self.x_pool = x_labeled, y_labeled, x_pool
         self.latent_dim, self.half, self.batch = config.latent_dim, config.discriminator_batch, config.batch_size
         self.rng = np.random.default_rng(config.seed)
@@ -115,6 +114,10 @@ class ReferenceSGAN:
         z = self.rng.standard_normal((self.batch, self.latent_dim)).astype(np.float32)
         return self.gan_model.train_on_batch(z, np.ones((self.batch, 1), np.float32))
 
+    @property
+    def discriminator(self) -> keras.Model:
+        return self.c_model  # the classifier holds every discriminator weight the updates move
+
     def discriminator_updates(self) -> list[Callable[[], object]]:
         return [self._supervised, self._unsupervised]
 
@@ -122,12 +125,6 @@ class ReferenceSGAN:
         self._supervised()
         self._unsupervised()
         self._generator()
-
-
-def _adam(config: RunConfig) -> keras.optimizers.Optimizer:
-    if config.optimizer == "inner_epsilon_adam":
-        return InnerEpsilonAdam(config.learning_rate, config.beta_1)
-    return keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1)
 
 
 def _snapshot(model: keras.Model) -> list[np.ndarray]:
@@ -165,9 +162,9 @@ class ReferenceImprovedGAN:
         outputs += [keras.layers.Lambda(_z_over_z_plus_one)(x) for x in logits[1:]]
         self.joint = keras.Model(inputs, outputs)
         losses = ["sparse_categorical_crossentropy", "binary_crossentropy", "binary_crossentropy"]
-        self.joint.compile(optimizer=_adam(config), loss=losses, loss_weights=[1.0, 0.5, 0.5])
+        self.joint.compile(optimizer=make_optimizer(config), loss=losses, loss_weights=[1.0, 0.5, 0.5])
         self.matching = keras.Model(self.generator.input, features(self.generator.output))
-        self.matching.compile(optimizer=_adam(config), loss=_feature_matching)
+        self.matching.compile(optimizer=make_optimizer(config), loss=_feature_matching)
         self.x_labeled, self.y_labeled, self.x_pool = x_labeled, y_labeled, x_pool
         self.latent_dim, self.half, self.batch = config.latent_dim, config.discriminator_batch, config.batch_size
         self.rng = np.random.default_rng(config.seed)
@@ -212,7 +209,7 @@ class ReferenceError(RuntimeError):
 
 def check_reference_updates(ref: ReferenceSGAN | ReferenceImprovedGAN) -> None:
     """Each reference call must update exactly the weights the reference intends; raises ReferenceError."""
-    d, g = (ref.discriminator, ref.generator) if isinstance(ref, ReferenceImprovedGAN) else (ref.c_model, ref.generator)
+    d, g = ref.discriminator, ref.generator
     for update in ref.discriminator_updates():
         d0, g0 = _snapshot(d), _snapshot(g)
         update()

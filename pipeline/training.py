@@ -359,15 +359,14 @@ class JointSGANTrainer(SGANTrainer):
         return [loss_sup, loss_real, loss_fake, self._generator_update(fresh)]
 
     def _generator_update(self, real: tf.Tensor) -> tf.Tensor:
+        if self.config.generator_loss != "feature_matching":
+            return super()._generator_update(real)
         generator = self.models.generator
         with tf.GradientTape() as tape:
             fake = generator(self._latent(self.config.batch_size), training=True)
-            if self.config.generator_loss == "feature_matching":
-                features = self._features(tf.concat([real, fake], axis=0))
-                real_features, fake_features = tf.split(features, [tf.shape(real)[0], tf.shape(fake)[0]])
-                loss = feature_matching_loss(real_features, fake_features)
-            else:
-                loss = generator_loss(self._real_logit(fake))
+            features = self._features(tf.concat([real, fake], axis=0))
+            real_features, fake_features = tf.split(features, [tf.shape(real)[0], tf.shape(fake)[0]])
+            loss = feature_matching_loss(real_features, fake_features)
         _apply(self.generator_optimizer, tape, loss, generator.trainable_variables)
         return loss
 
