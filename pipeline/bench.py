@@ -29,10 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import NUM_CLASSES, RunConfig, resolve_config
+from pipeline.core.layers import WeightNormDense
+from pipeline.core.models import build_discriminator, build_generator, build_models
+from pipeline.core.training import make_optimizer, make_trainer
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.layers import WeightNormDense
-from pipeline.models import build_discriminator, build_generator, build_models
-from pipeline.training import make_optimizer, make_trainer
 
 # each architecture's own batches and optimizer, and its generator loss
 PROTOCOL_OF = {"mlm": "paper", "gans_in_action": "gans_in_action", "improved_gan": "improved_gan"}

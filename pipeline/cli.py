@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_single(args: argparse.Namespace) -> int:
     config = resolve_config(args.command, **setting_values(args))
-    from pipeline.store import check_tracking_uri, launched_run_experiment, unfinished_run
+    from pipeline.tracking.store import check_tracking_uri, launched_run_experiment, unfinished_run
 
     # an unreachable store fails in a second, before TensorFlow loads; so do an experiment `mlflow run` cannot
     # use and a run to resume that does not exist or has finished
@@ -178,7 +178,7 @@ def run_single(args: argparse.Namespace) -> int:
     launched_run_experiment(config.experiment, bool(args.experiment))
     if args.resume:
         unfinished_run(args.resume)
-    from pipeline.runs import train_run  # heavy imports only once the input is known to be good
+    from pipeline.trial.run import train_run  # heavy imports only once the input is known to be good
 
     train_run(
         config,
@@ -194,11 +194,12 @@ def run_single(args: argparse.Namespace) -> int:
 
 def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
     """Returns (exit code, experiment, parent run id)."""
-    from pipeline.sweep import plan_trials, run_sweep
+    from pipeline.sweep.plan import plan_trials
+    from pipeline.sweep.run import run_sweep
 
     check_choice("executor", args.executor, EXECUTORS)
     if args.executor == "ray":
-        from pipeline.ray_executor import check_ray_available, check_resources
+        from pipeline.sweep.ray_cluster import check_ray_available, check_resources
 
         check_ray_available()
         check_resources(args.cpus_per_trial, args.gpus_per_trial)
@@ -227,7 +228,7 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
     finally:
         executor.close()
     if args.register_model:
-        from pipeline.registry import register_best
+        from pipeline.tracking.registry import register_best
 
         finished = [o.run_id for o in result.outcomes if o.status == "FINISHED"]
         for line in register_best(finished, args.register_model):
@@ -237,13 +238,14 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
 
 def make_executor(args: argparse.Namespace):
     """The sweep's executor, started: for Ray, joined to its cluster (or a new local instance)."""
-    from pipeline.sweep import LocalExecutor
-
     if args.executor == "local":
-        return LocalExecutor(args.max_parallel)
-    from pipeline.ray_executor import RayExecutor
+        from pipeline.sweep.local import LocalExecutor
 
-    executor = RayExecutor(args.ray_address, args.cpus_per_trial, args.gpus_per_trial)
+        executor = LocalExecutor(args.max_parallel)
+    else:
+        from pipeline.sweep.ray_cluster import RayExecutor
+
+        executor = RayExecutor(args.ray_address, args.cpus_per_trial, args.gpus_per_trial)
     try:
         executor.start()
     except BaseException:
@@ -262,7 +264,7 @@ def run_report_command(
     labels: str = "",
 ) -> int:
     from pipeline.report import make_report
-    from pipeline.store import check_tracking_uri
+    from pipeline.tracking.store import check_tracking_uri
 
     counts = parse_list("labels", labels, int) if labels.strip() else None
     check_tracking_uri()
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except BaseException as err:  # a stop, even one TensorFlow turned into another exception (pipeline.store)
+    except BaseException as err:  # a stop, even one TensorFlow turned into another exception (see tracking.store)
         if not (isinstance(err, KeyboardInterrupt) or stopped_by_signal()):
             raise
         signum = stop_signal()

@@ -18,7 +18,7 @@ BASELINES = ("cnn", "cnn_tuned", "cnn_source")  # supervised methods: the same n
 LABELED_SUBSETS = ("balanced", "first")  # seeded and class-balanced; or the first N images, as one source does
 PRECISIONS = ("float32", "bfloat16")  # bfloat16: mixed precision, float32 weights
 GENERATOR_LOSSES = ("non_saturating", "feature_matching")
-# Keras' Adam, or improved-gan's (epsilon inside the square root: see pipeline.optimizers); a protocol's choice
+# Keras' Adam, or improved-gan's (epsilon inside the square root: see pipeline.core.optimizers); a protocol's choice
 OPTIMIZERS = ("adam", "inner_epsilon_adam")
 # of the labeled images in the supervised update: none, or random translations of up to 2 pixels. A choice of
 # the methods with a fixed recipe (part of their arm); cnn_tuned's search chooses its own, cnn_source follows
@@ -27,7 +27,7 @@ AUGMENTATIONS = ("none", "shift")
 AUGMENTED_METHODS = ("sgan", "cnn")
 NUM_CLASSES = 10  # every supported dataset has ten classes
 TUNED_EPOCH_FACTOR = 3  # cnn_tuned may train this many times the protocol's epochs, stopping early
-# cnn_tuned's recipe search (see pipeline.tuning): RunConfig fields and the values tried; the grid is
+# cnn_tuned's recipe search (see pipeline.core.tuning): RunConfig fields and the values tried; the grid is
 # their product in this order, and ties go to the earlier recipe.
 SEARCH_SEED = 0  # whose labeled subset cnn_tuned's search trains on
 TUNED_SEARCH_SPACE: dict[str, tuple] = {
@@ -269,7 +269,7 @@ class RunConfig:
     def labeled_sampling(self) -> str:
         """How labeled batches are drawn: `uniform` (with replacement, every step), `passes` (shuffled
         passes over the labeled images, the supervised recipe of `cnn_source`) or `tiled` (improved-gan's:
-        every labeled image equally often in each batch; see `pipeline.training.tiled_indices`)."""
+        every labeled image equally often in each batch; see `pipeline.core.training.tiled_indices`)."""
         return "passes" if self.method == "cnn_source" else ARCHITECTURES[self.architecture].labeled_batches
 
     @property

@@ -1,4 +1,4 @@
-"""The GANs in Action networks: they train, BatchNorm behaves as documented in pipeline.training (moving
+"""The GANs in Action networks: they train, BatchNorm behaves as documented in pipeline.core.training (moving
 statistics zero-debiased as in Keras 2), the source's own baseline recipe (`cnn_source`) makes passes over
 the labeled images, and the setting is part of the arm and the fingerprint without changing the identity
 of earlier runs."""
@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from pipeline.bench import ReferenceSGAN, check_reference_updates, flops_per_step
 from pipeline.config import ConfigError, fingerprint, resolve_config
+from pipeline.core.models import DebiasedBatchNormalization, build_models, portable_copy
+from pipeline.core.training import LabeledPasses, make_trainer, moving_statistics
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.models import DebiasedBatchNormalization, build_models, portable_copy
-from pipeline.sweep import trial_command
-from pipeline.training import LabeledPasses, make_trainer, moving_statistics
+from pipeline.sweep.plan import trial_command
 
 
 @pytest.fixture(scope="module")

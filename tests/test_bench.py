@@ -15,8 +15,8 @@ from pipeline.bench import (
     flops_per_step,
 )
 from pipeline.config import resolve_config
+from pipeline.core.models import build_discriminator
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.models import build_discriminator
 
 from .conftest import cli, refused
 

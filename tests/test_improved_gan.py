@@ -11,12 +11,12 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import ConfigError, arm_name, fingerprint, resolve_config
+from pipeline.core.layers import WeightNormDense, initialize_from_data
+from pipeline.core.models import FEATURE_LAYER, IMPROVED_GAN_UNITS, build_models, portable_copy
+from pipeline.core.training import INIT_IMAGES, JointSGANTrainer, make_optimizer, make_trainer, tiled_indices
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.layers import WeightNormDense, initialize_from_data
-from pipeline.models import FEATURE_LAYER, IMPROVED_GAN_UNITS, build_models, portable_copy
 from pipeline.report import build_report
-from pipeline.runs import train_run
-from pipeline.training import INIT_IMAGES, JointSGANTrainer, make_optimizer, make_trainer, tiled_indices
+from pipeline.trial.run import train_run
 
 from .conftest import tracking_store
 from .test_report import KNOWN, log_known_runs

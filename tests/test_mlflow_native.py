@@ -16,8 +16,8 @@ import requests
 
 from pipeline.config import resolve_config
 from pipeline.data import load_dataset
-from pipeline.registry import CHOSEN_BY, choose_best
-from pipeline.runs import train_run
+from pipeline.tracking.registry import CHOSEN_BY, choose_best
+from pipeline.trial.run import train_run
 
 from .conftest import cli, free_port, new_store, tracking_store, wait_until_up
 
@@ -193,7 +193,7 @@ def test_a_run_through_a_real_mlflow_server_has_inputs_linked_metrics_and_a_regi
 RACE = """
 import sys, time
 import mlflow, numpy as np
-from pipeline.store import log_dataset_input
+from pipeline.tracking.store import log_dataset_input
 uri, experiment_id, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 mlflow.set_tracking_uri(uri)
 data = mlflow.data.from_numpy(np.arange(10.0), name="shared")

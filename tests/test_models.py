@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.models import ImageConv2D, SummedBiasConv2DTranspose, build_generator, build_models, portable_copy
+from pipeline.core.models import ImageConv2D, SummedBiasConv2DTranspose, build_generator, build_models, portable_copy
 
 
 def _outputs_and_gradients(layer: keras.layers.Layer, x: tf.Tensor):

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from pipeline.objectives import real_logit, supervised_loss, unsupervised_loss
+from pipeline.core.objectives import real_logit, supervised_loss, unsupervised_loss
 
 
 def test_stacked_real_probability_is_z_over_z_plus_one():

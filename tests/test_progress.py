@@ -1,11 +1,15 @@
-"""The sweep's progress lines and ETAs, from the events a running trial's log gives (no processes: the
-parsing of real trial logs is covered by the sweep tests)."""
+"""The sweep's progress lines and ETAs, from the events a running trial sends (no processes: real trials'
+events are covered by the sweep and executor tests), and the events' own round trip through a file."""
+
+from dataclasses import replace
 
 import pytest
 
 from pipeline.config import resolve_config
-from pipeline.progress import Progress, clock, makespan
-from pipeline.sweep import Outcome, Trial
+from pipeline.sweep.events import CandidateDone, EpochDone, EventReader, encode
+from pipeline.sweep.plan import Trial
+from pipeline.sweep.progress import Progress, clock, makespan
+from pipeline.sweep.trial import Outcome
 
 
 def _trial(method: str, seed: int) -> Trial:
@@ -27,7 +31,7 @@ def test_clock_reads_like_a_duration():
 def test_an_arm_is_projected_from_its_own_trials_only(capsys):
     sgan0, sgan1, cnn0, cnn1 = _trial("sgan", 0), _trial("sgan", 1), _trial("cnn", 0), _trial("cnn", 1)
     progress = Progress(total=4, parallel=2, verbose=True)
-    progress.epoch(sgan0, 1, 4, 100.0, "test_accuracy 0.5000", [sgan1, cnn0, cnn1])
+    progress.update(sgan0, EpochDone(1, 4, 100.0, {"test_accuracy": 0.5}), [sgan1, cnn0, cnn1])
     line = capsys.readouterr().out
     assert "epoch 1/4, test_accuracy 0.5000 | trial ETA 5m00s" in line
     assert "ETA unknown until a cnn trial is measured" in line  # the SGAN's pace says nothing of the CNN's
@@ -55,7 +59,7 @@ def test_a_resumed_trial_is_projected_from_what_its_checkpoint_has_left(capsys):
     assert "sgan-stacked-digits-L20-s1: resumes run abc123 after epoch 1/2" in capsys.readouterr().out
     progress.report(_finished(sgan0, 600.0), [sgan1, sgan2])
     assert progress.eta([sgan1, sgan2]) == f"ETA {clock(300 + 600)}"  # half of sgan1 left, all of sgan2
-    progress.epoch(sgan1, 2, 2, 580.0, "test_accuracy 0.5000", [sgan2])  # its own pace from its first line
+    progress.update(sgan1, EpochDone(2, 2, 580.0, {"test_accuracy": 0.5}), [sgan2])  # its own pace from its first line
     assert progress.eta([sgan1, sgan2]) == f"ETA {clock(0 + 600)}"
 
 
@@ -63,16 +67,35 @@ def test_a_resumed_trial_is_projected_from_what_its_checkpoint_has_left(capsys):
 def test_a_searching_trial_is_projected_from_its_candidates(reused_first, capsys):
     tuned0, tuned1 = _trial("cnn_tuned", 0), _trial("cnn_tuned", 1)
     progress = Progress(total=2, parallel=1, verbose=True)
-    reused = "augment=none: best validation accuracy 0.7 at epoch 3, reused from the stopped search"
+    reused = CandidateDone(1, 4, {"augment": "none"}, 0.7, 3, None, reused=True)
     if reused_first == "without its time":  # a stopped search's candidate whose run has no time: no projection yet
-        progress.search(tuned0, 1, 4, reused, [tuned1])
+        progress.update(tuned0, reused, [tuned1])
         assert "ETA unknown until a cnn_tuned trial is measured" in capsys.readouterr().out
     if reused_first == "with its time":  # its time as its run recorded it: a measurement like any other
-        progress.search(tuned0, 1, 4, f"{reused}, 300 s", [tuned0, tuned1])
+        progress.update(tuned0, replace(reused, seconds=300.0), [tuned0, tuned1])
         # tuned0: 3 candidates and its training; tuned1: about one candidate
         assert f"sweep ETA {clock(4 * 300 + 300)}" in capsys.readouterr().out
-    progress.search(tuned0, 2, 4, "augment=shift: best validation accuracy 0.8 at epoch 5, 100 s", [tuned1])
-    assert "recipe search 2/4" in capsys.readouterr().out
+    progress.update(tuned0, CandidateDone(2, 4, {"augment": "shift"}, 0.8, 5, 100.0), [tuned1])
+    line = capsys.readouterr().out
+    assert "recipe search 2/4: augment=shift: best validation accuracy 0.8000 at epoch 5, 100 s" in line
     # tuned0: two candidates left and its own training (about one candidate); tuned1: about one candidate
     each = 200 if reused_first == "with its time" else 100
     assert progress.eta([tuned0, tuned1]) == f"ETA {clock(3 * each + each)}"
+
+
+def test_events_come_back_from_their_file_whole_and_in_order_and_a_half_written_line_waits(tmp_path):
+    path = tmp_path / "trial.events"
+    reader = EventReader(path)
+    assert reader.new() == []  # no file yet: the trial has not started
+    sent = [
+        EpochDone(1, 3, 12.5, {"test_accuracy": 0.5, "val_accuracy": 0.25}),
+        CandidateDone(1, 8, {"augment": "shift"}, 0.9, 4),
+    ]
+    path.write_text(encode(sent[0]) + "\n")
+    assert reader.new() == sent[:1]
+    with path.open("a") as handle:
+        handle.write(encode(sent[1])[:10])  # the trial is writing the line
+    assert reader.new() == []
+    with path.open("a") as handle:
+        handle.write(encode(sent[1])[10:] + "\n")
+    assert reader.new() == sent[1:] and reader.new() == []

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.faults import arm
-from pipeline.ray_executor import check_tracking_for_cluster
+from pipeline.sweep.ray_cluster import check_tracking_for_cluster
 
 from .conftest import assert_nothing_lost, cli, free_port, refused, started, wait_until
 from .test_sweep import _parents, _trial_runs

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import resolve_config
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.runs import train_run
+from pipeline.trial.run import train_run
 
 from .conftest import cli, free_port, refused, tracking_store
 

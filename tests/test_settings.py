@@ -28,7 +28,7 @@ def test_a_setting_added_in_one_place_reaches_every_layer(with_dropout):
     from pipeline.cli import build_parser, setting_values
     from pipeline.mlproject import render
     from pipeline.report.runs import _param
-    from pipeline.sweep import trial_command
+    from pipeline.sweep.plan import trial_command
 
     args = build_parser().parse_args(["sgan", "--dropout", "0.25"])  # the CLI
     config = resolve_config("sgan", **setting_values(args))

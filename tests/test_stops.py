@@ -6,7 +6,7 @@ import mlflow
 import pytest
 
 from pipeline import stopping
-from pipeline.store import stops_recorded
+from pipeline.tracking.store import stops_recorded
 
 TRACED = AssertionError("Nesting violated for default stack of FuncGraph objects")
 

@@ -11,7 +11,9 @@ import pytest
 from pipeline.config import resolve_config
 from pipeline.faults import arm
 from pipeline.schema import FINGERPRINT_TAG, SEARCH_SECONDS
-from pipeline.sweep import SearchGate, Trial, plan_trials, settle, trial_command
+from pipeline.sweep.plan import Trial, plan_trials, trial_command
+from pipeline.sweep.schedule import SearchGate
+from pipeline.sweep.trial import settle
 
 from .conftest import assert_nothing_lost, cli, refused, tracking_store
 

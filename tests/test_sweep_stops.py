@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from pipeline.faults import arm
-from pipeline.owner import is_abandoned, process_identity
 from pipeline.schema import CANDIDATE_TAG
-from pipeline.sweep import close_unfinished_runs
+from pipeline.sweep.owner import is_abandoned, process_identity
+from pipeline.sweep.recovery import close_unfinished_runs
 
 from .conftest import cli, started, wait_until
 from .test_sweep import SWEEP, _parents, _trial_runs

@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import resolve_config
+from pipeline.core.models import build_models
+from pipeline.core.training import fit, make_trainer
 from pipeline.data import labeled_subset, load_dataset
-from pipeline.models import build_models
 from pipeline.stopping import RECEIVED, Stopped, stop_on_signals
-from pipeline.training import fit, make_trainer
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_feature_matching_trains_the_generator_of_every_variant(digits, variant)
 
 
 def test_feature_matching_loss_is_the_squared_distance_of_feature_means():
-    from pipeline.objectives import feature_matching_loss
+    from pipeline.core.objectives import feature_matching_loss
 
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
@@ -173,7 +173,7 @@ def test_the_moving_average_follows_the_classifier_with_warm_up(digits, method):
 
 
 def test_shift_augmentation_moves_each_image_by_at_most_two_pixels():
-    from pipeline.training import shift_images
+    from pipeline.core.training import shift_images
 
     images = -np.ones((200, 28, 28, 1), np.float32)
     images[:, 13, 13, 0] = 1.0  # one bright pixel in the middle

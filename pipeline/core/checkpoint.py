@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.training import FitState, History, Trainer
 from pipeline.schema import CHECKPOINT_STATE
-from pipeline.training import FitState, History, Trainer
 
 ARRAYS, META = "state.npz", CHECKPOINT_STATE
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pipeline.config import NUM_CLASSES, SEARCH_SEED, TUNED_SEARCH_SPACE, RunConfig
-from pipeline.models import build_models
+from pipeline.core.models import build_models
+from pipeline.core.training import History, fit, make_trainer
 from pipeline.stopping import raise_if_stopped
-from pipeline.training import History, fit, make_trainer
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from pipeline.store import register_classifier
+from pipeline.tracking.store import register_classifier
 
 CHOSEN_BY = "final_val_accuracy"  # the validation split; a cnn_tuned run's is its best epoch's
 

@@ -12,7 +12,7 @@ generated) move its moving statistics; the generated images it is trained on com
 in inference mode (its moving statistics, as the book's `generator.predict`); the generator's update
 moves the generator's moving statistics and leaves the discriminator's as they were (the book's
 discriminator is frozen there). Evaluation uses the moving statistics, zero-debiased as Keras 2 kept them
-(`pipeline.models.DebiasedBatchNormalization`).
+(`pipeline.core.models.DebiasedBatchNormalization`).
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import RunConfig
-from pipeline.layers import WeightNormDense, initialize_from_data
-from pipeline.models import SGANModels
-from pipeline.objectives import (
+from pipeline.core.layers import WeightNormDense, initialize_from_data
+from pipeline.core.models import SGANModels
+from pipeline.core.objectives import (
     feature_matching_loss,
     generator_loss,
     real_logit,
     supervised_loss,
     unsupervised_loss,
 )
-from pipeline.optimizers import InnerEpsilonAdam
+from pipeline.core.optimizers import InnerEpsilonAdam
 from pipeline.stopping import raise_if_stopped
 
 STEPS_PER_CALL = 10  # steps per graph call: few host round trips, yet a lively progress bar
@@ -405,6 +405,7 @@ class History:
 
 
 EpochHook = Callable[[int, dict[str, float]], None]
+SHOWN = ("test_accuracy", "val_accuracy", "labeled_accuracy")  # the figures shown after each epoch
 
 
 @dataclass
@@ -468,7 +469,7 @@ def fit(
     selection = EpochSelection(trainer, state.best) if config.select_epoch == "best_validation" else None
     if selection is not None and "val" not in splits:
         raise ValueError("select_epoch='best_validation' needs a 'val' split")
-    shown = [f"{split}_accuracy" for split in splits if split in ("test", "val")] + ["labeled_accuracy"]
+    shown = [name for name in SHOWN if name.split("_")[0] in splits or name == "labeled_accuracy"]
     started = time.perf_counter() - history.seconds
     for epoch in range(state.epoch + 1, config.train_epochs + 1):
         if verbose:
@@ -489,7 +490,7 @@ def fit(
         metrics = {name: total / steps for name, total in sums.items()}
         metrics.update(evaluate(trainer, splits))
         bar.update(done, values=[*losses.items(), *[(name, metrics[name]) for name in shown]])
-        if verbose:  # one plain line per epoch, which a sweep reads from the trial's log for its progress
+        if verbose:  # one plain line per epoch in a trial's log (its sweep follows its events, not this)
             figures = " ".join(f"{name} {metrics[name]:.4f}" for name in shown)
             print(f"epoch {epoch}/{config.train_epochs} done at {time.perf_counter() - started:.1f}s: {figures}")
         history.add(metrics)

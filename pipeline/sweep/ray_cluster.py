@@ -1,8 +1,8 @@
 """Sweep trials as Ray tasks, on this machine (a local Ray instance) or on a cluster (`--ray-address`).
 
-Each task runs `sweep.run_trial` on the node Ray gives it: the same trial process, the same MLflow run
+Each task runs `pipeline.sweep.trial.run_trial` on the node Ray gives it: the same trial process, the same MLflow run
 nested under the sweep's parent run, the same resume by fingerprint and checkpoint and the same outcome
-record as the local executor. Epoch lines come back to the sweep's console through a Ray queue. A stop
+record as the local executor. A trial's events come back to the sweep through a Ray queue. A stop
 raises a flag every task watches: each stops its trial process, which ends its run KILLED, and returns;
 a task still running after the grace period is cancelled by force. (Not `ray.cancel` first: its
 KeyboardInterrupt can land inside the task's own clean-up and leave the trial's run open.)
@@ -22,11 +22,10 @@ from urllib.parse import urlparse
 import mlflow
 
 from pipeline.config import ConfigError
-from pipeline.device import THREADS_ENV
 from pipeline.environment import forwarded, value
-from pipeline.progress import Progress
-from pipeline.stopping import raise_if_stopped
-from pipeline.sweep import RUNNING, Outcome, SearchGate, Trial, run_trial, settle
+from pipeline.sweep.plan import Trial
+from pipeline.sweep.schedule import Polled
+from pipeline.sweep.trial import Outcome, TrialProcesses, run_trial, settle
 
 STOP_GRACE_SECONDS = 180  # for cancelled tasks to stop their trials and close their runs
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication
@@ -96,9 +95,8 @@ def trial_task(
     the sweep raises `stop`, the trial process is stopped (its run ends KILLED) and the task returns."""
     import ray
 
-    os.environ[THREADS_ENV] = str(threads)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    name = trial.config.run_name
+    processes = TrialProcesses()
     with tempfile.TemporaryDirectory() as folder:
         try:
             return run_trial(
@@ -106,12 +104,14 @@ def trial_task(
                 experiment_id,
                 parent_run_id,
                 Path(folder),
+                processes,
                 resume,
-                lambda e: queue.put((name, e)),
+                threads,
+                lambda event: queue.put((trial.config.run_name, event)),
                 lambda: ray.get(stop.is_raised.remote()),
             )
         except BaseException:
-            RUNNING.stop()
+            processes.stop()
             raise
 
 
@@ -127,10 +127,13 @@ class RayExecutor:
         self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
         self.slots = 1
         self.started = False
+        self.refs: dict = {}  # Ray object ref -> (trial, when it was submitted, its resume)
+        self.by_name: dict[str, Trial] = {}
 
     def start(self) -> None:
         """Join the cluster (or start a local instance), and refuse a tracking store its nodes cannot share."""
         import ray
+        from ray.util.queue import Queue
 
         env = forwarded()
         env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
@@ -160,57 +163,49 @@ class RayExecutor:
                     f"gpus_per_trial={self.gpus_per_trial}, but the Ray cluster has {resources.get('GPU', 0)} GPUs"
                 )
         self.slots = max(1, int(slots))
+        self.queue, self.stop = Queue(), ray.remote(num_cpus=0)(StopFlag).remote()
+        self.task = ray.remote(trial_task).options(
+            num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0
+        )
         where = ray.get_runtime_context().gcs_address
         cpus = resources.get("CPU", 0)
         print(f"Ray cluster at {where}: {len(nodes)} node(s), {cpus:g} CPUs, {self.slots} trials at once", flush=True)
 
-    def run(self, pending, resumes, experiment_id, parent_run_id, progress: Progress, outcomes) -> None:
-        import ray
-        from ray.util.queue import Queue
-
-        if not pending:
-            return
-        queue, stop = Queue(), ray.remote(num_cpus=0)(StopFlag).remote()
-        task = ray.remote(trial_task).options(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=0)
+    def submit(self, trial: Trial, experiment_id: str, parent_run_id: str, resume: str | None) -> None:
         threads = max(1, int(self.cpus_per_trial))
-        refs, held, gate = {}, list(pending), SearchGate()
+        ref = self.task.remote(trial, experiment_id, parent_run_id, resume, self.queue, self.stop, threads)
+        self.refs[ref] = (trial, time.perf_counter(), experiment_id, parent_run_id, resume)
+        self.by_name[trial.config.run_name] = trial
 
-        def submit_admitted() -> None:  # Ray queues what it cannot place yet; the gate holds shared searches
-            while trial := gate.next_admitted(held):
-                held.remove(trial)
-                gate.started(trial)
-                ref = task.remote(trial, experiment_id, parent_run_id, resumes.get(trial), queue, stop, threads)
-                refs[ref] = (trial, time.perf_counter())
+    def poll(self, timeout: float) -> Polled:
+        import ray
 
-        submit_admitted()
-        by_name = {trial.config.run_name: trial for trial in pending}
-        waiting = list(pending)
-        try:
-            while refs:
-                done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
-                raise_if_stopped()  # a stop whose exception a finaliser swallowed still stops the sweep
-                while not queue.empty():
-                    name, event = queue.get_nowait()
-                    progress.update(by_name[name], event, list(waiting))
-                for ref in done:
-                    trial, started = refs.pop(ref)
-                    waiting.remove(trial)
-                    try:
-                        outcome = ray.get(ref)
-                    except Exception as err:  # the worker died: record the trial as FAILED all the same
-                        outcome = settle(
-                            trial, experiment_id, parent_run_id, -1, resumes.get(trial), started, lambda e=err: str(e)
-                        )
-                    outcomes.append(outcome)
-                    progress.report(outcome, waiting)
-                    gate.finished(trial, outcome.status)
-                submit_admitted()
-        except BaseException:  # Ctrl-C or SIGTERM: running tasks stop their trials, queued ones start none
-            ray.get(stop.raise_.remote())  # a task that starts from now on returns at once
-            _, late = ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE_SECONDS)
-            for ref in late:  # the worker and its trial process are killed; the sweep closes the run
-                ray.cancel(ref, force=True)
-            raise
+        done, _ = ray.wait(list(self.refs), num_returns=1, timeout=timeout) if self.refs else ([], [])
+        polled = Polled()
+        while not self.queue.empty():
+            name, event = self.queue.get_nowait()
+            polled.events.append((self.by_name[name], event))
+        for ref in done:
+            trial, started, experiment_id, parent_run_id, resume = self.refs.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as err:  # the worker died: record the trial as FAILED all the same
+                outcome = settle(trial, experiment_id, parent_run_id, -1, resume, started, lambda e=err: str(e))
+            polled.finished.append((trial, outcome))
+        return polled
+
+    def cancel(self) -> None:
+        """Running tasks stop their trials, queued ones start none; a task still running after the grace is
+        cancelled by force (its worker and trial process killed; the sweep closes the run)."""
+        import ray
+
+        if not self.refs:
+            return
+        ray.get(self.stop.raise_.remote())  # a task that starts from now on returns at once
+        _, late = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=STOP_GRACE_SECONDS)
+        for ref in late:
+            ray.cancel(ref, force=True)
+        self.refs.clear()
 
     def close(self) -> None:
         if self.started:

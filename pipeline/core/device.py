@@ -3,21 +3,18 @@
 A trial given a share of a machine (a Ray task with `cpus_per_trial`) must use only that share, so the
 intra-op thread count comes from `SGAN_INTRA_OP_THREADS` when set; GPUs grow their memory as needed
 instead of taking the whole card, so several trials can share one (`gpus_per_trial` below 1). The local
-executor gives each of its `max_parallel` trials an equal share of the cores the same way."""
+executor gives each of its `max_parallel` trials an equal share of the cores the same way (`pipeline.sweep.local`)."""
 
 from __future__ import annotations
 
-import os
-
-from pipeline.environment import THREADS as THREADS_ENV
-from pipeline.environment import value
+from pipeline.environment import THREADS, value
 
 
 def configure_device() -> dict[str, str]:
     """Apply the thread count and GPU memory growth; return what to log (`device`, `intra_op_threads`)."""
-    import tensorflow as tf  # here, so that the executors can read THREADS_ENV without loading TensorFlow
+    import tensorflow as tf  # here: the front door refuses bad input before TensorFlow loads
 
-    threads = int(value(THREADS_ENV) or 0)
+    threads = int(value(THREADS) or 0)
     if threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     gpus = tf.config.list_physical_devices("GPU")
@@ -27,9 +24,3 @@ def configure_device() -> dict[str, str]:
         "device": ", ".join(gpu.name for gpu in gpus) or "CPU",
         "intra_op_threads": str(threads) if threads > 0 else "default",
     }
-
-
-def threads_per_trial(parallel_trials: int, cpus: int | None = None) -> int:
-    """An equal share of this machine's cores for each of `parallel_trials` trials (at least one): without
-    it every trial's TensorFlow starts one thread per core and the trials fight over them."""
-    return max(1, (cpus or os.cpu_count() or 1) // parallel_trials)

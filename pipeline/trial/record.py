@@ -15,12 +15,12 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 
 from pipeline.config import RunConfig, user_settings
+from pipeline.core.models import SGANModels, portable_copy
+from pipeline.core.training import History
 from pipeline.data import Dataset, class_counts
-from pipeline.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
-from pipeline.models import SGANModels, portable_copy
 from pipeline.schema import CONFUSION_FIGURE, IMAGE_KEY, PER_CLASS_TABLE
-from pipeline.store import log_dataset_input, log_new_params
-from pipeline.training import History
+from pipeline.tracking.store import log_dataset_input, log_new_params
+from pipeline.trial.diagnostics import confusion, confusion_figure, most_confused_with, per_class_accuracy
 
 
 def git_commit() -> str:

@@ -20,7 +20,7 @@ class WeightNormDense(layers.Layer):
     normalized): the length of each unit's weight vector is `scale`, learned apart from its direction.
 
     `trainable_scale=False` (improved-gan's hidden layers) fixes the scale after the data-dependent
-    initialization; the output layer learns it. Not registered with Keras (see `pipeline.models.ImageConv2D`);
+    initialization; the output layer learns it. Not registered with Keras (see `pipeline.core.models.ImageConv2D`);
     `portable_weights` gives a stock `Dense` layer's kernel and bias."""
 
     def __init__(

@@ -2,12 +2,12 @@
 
 - `mlm`: the Machine Learning Mastery tutorial's (Odena 2016 / Salimans et al. 2016 style);
 - `gans_in_action`: GANs in Action (Langr and Bok), chapter 7, with BatchNorm in both networks;
-- `improved_gan`: Salimans et al. (2016)'s MNIST MLPs, weight-normalized (`pipeline.layers`), with
+- `improved_gan`: Salimans et al. (2016)'s MNIST MLPs, weight-normalized (`pipeline.core.layers`), with
   Gaussian noise in the discriminator.
 
 The discriminator returns `(class_logits, aux)`: K class logits, and for the variants that need it one
 extra logit (`two_head`: the real/fake logit; `k_plus_one`: the logit of the "generated" class). How
-the real/fake probability follows from these lives in `pipeline.objectives`, so the discriminator is made
+the real/fake probability follows from these lives in `pipeline.core.objectives`, so the discriminator is made
 of stock Keras layers, and for `gans_in_action` BatchNorm layers whose moving statistics are
 zero-debiased as in Keras 2. The `mlm` generator's last layer is `ImageConv2D`, a faster `Conv2D` with the
 same weights and function, and the generators' transposed convolutions are `SummedBiasConv2DTranspose`;
@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from pipeline.core.layers import WeightNormDense
 from pipeline.data import IMAGE_SHAPE
-from pipeline.layers import WeightNormDense
 
 
 @dataclass

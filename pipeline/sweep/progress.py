@@ -1,25 +1,17 @@
 """A sweep's console progress: a line per epoch of each running trial and per finished trial, with ETAs
-measured per arm, read from the lines a trial prints (`fit`'s epoch lines, the recipe search's lines)."""
+measured per arm, from the events the trials send (`pipeline.sweep.events`)."""
 
 from __future__ import annotations
 
 import heapq
-import re
 import sys
 import threading
 import time
 from statistics import fmean
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pipeline.sweep import Outcome, Trial
-
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) done at ([\d.]+)s: (.*)$", re.MULTILINE)  # printed by fit
-SEARCH_LINE = re.compile(r"^search (\d+)/(\d+): (.*)$", re.MULTILINE)  # printed by cnn_tuned's recipe search
-CANDIDATE_SECONDS = re.compile(r", (\d+) s$")  # a search line's candidate's training time (a reused one's too)
-# What a running trial reports: ("epoch", epoch, epochs, seconds into training, figures) or
-# ("search", candidates done, candidates, the last one's result).
-ProgressEvent = tuple[str | int | float, ...]
+from pipeline.sweep.events import CandidateDone, EpochDone, Event
+from pipeline.sweep.plan import Trial
+from pipeline.sweep.trial import Outcome
 
 
 class Progress:
@@ -64,35 +56,38 @@ class Progress:
             if self.verbose:
                 print(f"    {trial.config.run_name}: resumes run {run_id} after epoch {epoch}/{total}", flush=True)
 
-    def update(self, trial: Trial, event: ProgressEvent, remaining: list[Trial]) -> None:
-        kind, *values = event
-        if kind == "epoch":
-            self.epoch(trial, *values, remaining)
+    def update(self, trial: Trial, event: Event, remaining: list[Trial]) -> None:
+        if isinstance(event, EpochDone):
+            self.epoch(trial, event, remaining)
         else:
-            self.search(trial, *values, remaining)
+            self.search(trial, event, remaining)
 
-    def search(self, trial: Trial, done: int, total: int, result: str, remaining: list[Trial]) -> None:
-        """A running trial's recipe search finished candidate `done` of `total`: what is left of the trial is
-        the search's other candidates, then its own training, about one candidate's time."""
+    def search(self, trial: Trial, event: CandidateDone, remaining: list[Trial]) -> None:
+        """A running trial's recipe search finished a candidate: what is left of the trial is the search's
+        other candidates, then its own training, about one candidate's time."""
         with self.lock:
             name, arm = trial.config.run_name, trial.config.arm
-            if seconds := CANDIDATE_SECONDS.search(result):
-                self.candidates.setdefault(arm, []).append(float(seconds.group(1)))
+            if event.seconds is not None:
+                self.candidates.setdefault(arm, []).append(event.seconds)
             if arm in self.candidates:
-                self.running[name] = (arm, 0.0, (total - done + 1) * fmean(self.candidates[arm]))
+                self.running[name] = (arm, 0.0, (event.total - event.done + 1) * fmean(self.candidates[arm]))
             if self.verbose:
-                print(f"    {name}: recipe search {done}/{total}: {result} | sweep {self.eta(remaining)}", flush=True)
-
-    def epoch(self, trial: Trial, epoch: int, total: int, seconds: float, figures: str, remaining: list[Trial]):
-        """A running trial finished an epoch `seconds` into its training."""
-        with self.lock:
-            projected = seconds * total / epoch
-            self.running[trial.config.run_name] = (trial.config.arm, seconds, projected)
-            if self.verbose:
-                left = clock(projected - seconds)
                 print(
-                    f"    {trial.config.run_name}: epoch {epoch}/{total}, {figures} | trial ETA {left}, "
+                    f"    {name}: recipe search {event.done}/{event.total}: {event.describe()} | "
                     f"sweep {self.eta(remaining)}",
+                    flush=True,
+                )
+
+    def epoch(self, trial: Trial, event: EpochDone, remaining: list[Trial]) -> None:
+        """A running trial finished an epoch."""
+        with self.lock:
+            projected = event.seconds * event.epochs / event.epoch
+            self.running[trial.config.run_name] = (trial.config.arm, event.seconds, projected)
+            if self.verbose:
+                left = clock(projected - event.seconds)
+                print(
+                    f"    {trial.config.run_name}: epoch {event.epoch}/{event.epochs}, {event.describe()} | "
+                    f"trial ETA {left}, sweep {self.eta(remaining)}",
                     flush=True,
                 )
 
