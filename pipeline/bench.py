@@ -31,6 +31,7 @@ import tensorflow as tf
 from pipeline.config import NUM_CLASSES, RunConfig, resolve_config
 from pipeline.core.layers import WeightNormDense
 from pipeline.core.models import build_discriminator, build_generator, build_models
+from pipeline.core.profile_trace import op_durations
 from pipeline.core.training import make_optimizer, make_trainer
 from pipeline.data import labeled_subset, load_dataset
 
@@ -298,24 +299,18 @@ def op_times(run: Callable[[], object], steps: int, top: int) -> dict[str, float
     `steps` steps, read from TensorFlow's profiler trace (its XSpace protobuf): which kernels the step's
     time goes to. Summed over ops, which run concurrently on the inter-op threads, so the total exceeds
     the wall time."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
     with tempfile.TemporaryDirectory(prefix="sgan-bench-ops-") as folder:
         tf.profiler.experimental.start(folder)
         try:
             run()
         finally:
             tf.profiler.experimental.stop()
-        space = xplane_pb2.XSpace()
-        space.ParseFromString(next(Path(folder).rglob("*.xplane.pb")).read_bytes())
+        trace = next(Path(folder).rglob("*.xplane.pb")).read_bytes()
     picoseconds: collections.Counter[str] = collections.Counter()
-    for plane in space.planes:
-        for line in plane.lines:
-            for event in line.events:
-                name = plane.event_metadata[event.metadata_id].name  # "scope/op_name:OpType" for TF ops
-                op_name, _, op_type = name.rpartition(":")
-                if op_name and "::" not in name and not name.startswith("__") and op_type.isidentifier():
-                    picoseconds[op_type] += event.duration_ps
+    for name, duration in op_durations(trace):  # "scope/op_name:OpType" for TF ops
+        op_name, _, op_type = name.rpartition(":")
+        if op_name and "::" not in name and not name.startswith("__") and op_type.isidentifier():
+            picoseconds[op_type] += duration
     return {op: ps / steps / 1e9 for op, ps in picoseconds.most_common(top)}
 
 

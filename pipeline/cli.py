@@ -26,9 +26,8 @@ from pipeline.stopping import stop_on_signals, stop_signal, stopped_by_signal
 
 EXECUTORS = ("local", "ray")
 # Importing TensorFlow, Keras and MLflow and tracing a model leave about a million long-lived Python objects, which
-# Python's default collector thresholds (700, 10, 10) re-scan in full about 9 times in a smoke trial: 1.4-1.6 of its
-# 11-14 CPU-seconds (measured with gc.callbacks). Larger young generations leave no full collection in a short run
-# and still collect cycles (README, Development).
+# Python's default collector thresholds (700, 10, 10) re-scan in full several times in a short run; larger young
+# generations leave none and still collect cycles (measured in docs/development.md).
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
@@ -84,63 +83,76 @@ def setting_values(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+METHOD_HELP = {
+    "sgan": "train a semi-supervised GAN",
+    "cnn": "train the supervised baseline (the SGAN's classifier and optimizer, labeled images only)",
+    "cnn_tuned": "train the tuned supervised baseline (recipe chosen by a search on the validation split)",
+    "cnn_source": "train the CNN baseline exactly as the architecture's source does (gans_in_action)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for method, help_text in (
-        ("sgan", "train a semi-supervised GAN"),
-        ("cnn", "train the CNN baseline (the SGAN's classifier and optimizer, labeled images only)"),
-        ("cnn_tuned", "train the tuned CNN baseline (recipe chosen by a search on the validation split)"),
-        ("cnn_source", "train the CNN baseline exactly as the architecture's source does (gans_in_action)"),
-    ):
-        sub = commands.add_parser(method, help=help_text)
-        sub.add_argument("--parent-run-id", default=None, help=argparse.SUPPRESS)
-        sub.add_argument(
-            "--resume", default="", help="continue this unfinished run (same settings) from its last checkpoint"
-        )
-        sub.add_argument("--register-model", default="", help="register the classifier as a version of this model")
-        sub.add_argument(
-            "--system-metrics",
-            nargs="?",
-            type=flag,
-            const=True,
-            default=False,
-            help="log CPU and memory (GPU where present) with MLflow's system metrics",
-        )
-        add_setting_arguments(sub, method)
-    for name, help_text in (
-        ("sweep", "train every (method, labels, seed) of a grid, each as a nested child run"),
-        ("main", "sweep, then report"),
-    ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--methods", default="sgan,cnn", help=f"comma-separated, of {', '.join(METHODS)}")
-        sub.add_argument("--max-parallel", type=int, default=1, help="trials at once, local executor (default 1)")
-        sub.add_argument(
-            "--executor", default="local", help="local (child processes, default) or ray (tasks on a Ray instance)"
-        )
-        sub.add_argument(
-            "--ray-address", default="", help="Ray cluster to join (default RAY_ADDRESS, else a new local instance)"
-        )
-        sub.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs per trial (default 1)")
-        sub.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs per trial, fractions share one")
-        sub.add_argument(
-            "--force", nargs="?", type=flag, const=True, default=False, help="re-run trials that already finished"
-        )
-        sub.add_argument(
-            "--register-model",
-            default="",
-            help="register the best arm's classifier per label count (chosen on the validation split) under this name",
-        )
-        sub.add_argument(
-            "--system-metrics",
-            type=flag,
-            default=True,
-            help="each trial logs CPU and memory (GPU where present) with MLflow's system metrics (default true)",
-        )
-        add_setting_arguments(sub, None)
-        if name == "main":
-            sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
-    sub = commands.add_parser("report", help="aggregate finished runs into tables and plots")
+    for method in METHODS:
+        add_method_command(commands.add_parser(method, help=METHOD_HELP[method]), method)
+    add_sweep_command(commands.add_parser("sweep", help="train every trial of a grid, each a nested child run"))
+    add_sweep_command(commands.add_parser("main", help="sweep, then report"))
+    add_report_command(commands.add_parser("report", help="aggregate finished runs into tables and plots"))
+    add_bench_command(commands.add_parser("bench", help="time training steps: ours vs the classic Keras reference"))
+    return parser
+
+
+def add_method_command(sub: argparse.ArgumentParser, method: str) -> None:
+    """One training run of `method`."""
+    sub.add_argument("--parent-run-id", default=None, help=argparse.SUPPRESS)
+    sub.add_argument(
+        "--resume", default="", help="continue this unfinished run (same settings) from its last checkpoint"
+    )
+    sub.add_argument("--register-model", default="", help="register the classifier as a version of this model")
+    sub.add_argument(
+        "--system-metrics",
+        nargs="?",
+        type=flag,
+        const=True,
+        default=False,
+        help="log CPU and memory (GPU where present) with MLflow's system metrics",
+    )
+    add_setting_arguments(sub, method)
+
+
+def add_sweep_command(sub: argparse.ArgumentParser) -> None:
+    """A sweep (`sweep`), or a sweep and its report (`main`)."""
+    sub.add_argument("--methods", default="sgan,cnn", help=f"comma-separated, of {', '.join(METHODS)}")
+    sub.add_argument("--max-parallel", type=int, default=1, help="trials at once, local executor (default 1)")
+    sub.add_argument(
+        "--executor", default="local", help="local (child processes, default) or ray (tasks on a Ray instance)"
+    )
+    sub.add_argument(
+        "--ray-address", default="", help="Ray cluster to join (default RAY_ADDRESS, else a new local instance)"
+    )
+    sub.add_argument("--cpus-per-trial", type=float, default=1, help="Ray: CPUs per trial (default 1)")
+    sub.add_argument("--gpus-per-trial", type=float, default=0, help="Ray: GPUs per trial, fractions share one")
+    sub.add_argument(
+        "--force", nargs="?", type=flag, const=True, default=False, help="re-run trials that already finished"
+    )
+    sub.add_argument(
+        "--register-model",
+        default="",
+        help="register the best arm's classifier per label count (chosen on the validation split) under this name",
+    )
+    sub.add_argument(
+        "--system-metrics",
+        type=flag,
+        default=True,
+        help="each trial logs CPU and memory (GPU where present) with MLflow's system metrics (default true)",
+    )
+    add_setting_arguments(sub, None)
+    if sub.prog.endswith(" main"):
+        sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
+
+
+def add_report_command(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--experiment", default=default_experiment("mnist", "quick"), help="default mnist-quick")
     sub.add_argument(
         "--sweep-run-id", default="", help="only these sweeps' runs (comma-separated; children and reused runs)"
@@ -155,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="final (raw classifier, default), ema (moving average of its weights) or val_selected (each run's "
         "test accuracy at its best validation epoch: every arm stopped early on the validation split)",
     )
-    sub = commands.add_parser("bench", help="time SGAN training steps: ours vs the classic Keras reference")
+
+
+def add_bench_command(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--dataset", default="mnist", help="data the steps draw from (default mnist)")
     sub.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     sub.add_argument("--steps", type=int, default=10, help="steps per round and method (default 10)")
@@ -165,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--ops", type=int, default=0, help="also profile our steps and list the N op types taking most time"
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
 
 
 def run_single(args: argparse.Namespace) -> int:

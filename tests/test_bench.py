@@ -1,10 +1,12 @@
 """The benchmark's reference really trains what the classic recipe intends; the CLI prints figures."""
 
 import json
+import sys
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.bench import (
     ReferenceImprovedGAN,
@@ -13,6 +15,7 @@ from pipeline.bench import (
     cpu_description,
     describe_features,
     flops_per_step,
+    op_times,
 )
 from pipeline.config import resolve_config
 from pipeline.core.models import build_discriminator
@@ -106,3 +109,12 @@ def test_bench_rejects_bad_settings():
     assert result.returncode == 2 and "rounds=0 must be a positive integer" in result.stderr
     result = refused("bench", "--ops", "-1")
     assert result.returncode == 2 and "ops=-1 must be 0" in result.stderr
+
+
+def test_the_profiler_trace_is_read_without_tensorflows_private_modules():
+    x = tf.random.normal((128, 128))
+    step = tf.function(lambda: tf.nn.relu(x @ x))
+    times = op_times(lambda: [step() for _ in range(4)], steps=4, top=10)
+    assert "MatMul" in times and "Relu" in times, times
+    assert all(ms > 0 for ms in times.values())
+    assert not [name for name in sys.modules if name.startswith("tensorflow.tsl.profiler.protobuf")]
