@@ -44,7 +44,7 @@ SPEED_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16
 
 def cpu_description(cpuinfo: str | None = None) -> tuple[str, list[str]]:
     """(CPU model name, which of SPEED_FEATURES it has), from /proc/cpuinfo where there is one: a figure
-    means little without the instruction sets it ran on (bf16 is 2-3.5x faster with AMX-BF16)."""
+    means little without the instruction sets it ran on (bf16 is fast only with AMX-BF16 or AVX512_BF16)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()

@@ -193,7 +193,7 @@ def run_single(args: argparse.Namespace) -> int:
         unfinished_run(args.resume)
     from pipeline.trial.run import train_run  # heavy imports only once the input is known to be good
 
-    train_run(
+    result = train_run(
         config,
         bool(args.experiment),
         args.parent_run_id,
@@ -202,6 +202,8 @@ def run_single(args: argparse.Namespace) -> int:
         register_model=args.register_model,
         system_metrics=args.system_metrics,
     )
+    if not args.parent_run_id:  # a sweep's trial: its sweep says where to look
+        print_where_to_look(result.run_id)
     return 0
 
 
@@ -288,6 +290,11 @@ def run_report_command(
     print(f"Report of {count} run{'' if count == 1 else 's'} written to {folder / 'report.md'} (and report.html)")
     for note in report.notes:
         print(f"note: {note}")
+    from pipeline.report.overview import REPORTS, ROOT, regenerate
+
+    if folder.resolve().parent == ROOT / "reports" and folder.name in REPORTS:  # a committed report: its overview
+        for path in regenerate():
+            print(f"Updated {path.relative_to(ROOT)} from the reports' tables")
     return 0
 
 
@@ -327,7 +334,7 @@ def dispatch(args: argparse.Namespace) -> int:
     code, experiment, parent = run_sweep_command(args)
     if args.command == "main":
         run_report_command(experiment, args.out, parent, log_to_run=parent)
-        print(f"Browse the runs: mlflow ui --backend-store-uri {_tracking_uri()}  (then open http://127.0.0.1:5000)")
+    print_where_to_look(parent)
     return code
 
 
@@ -337,10 +344,14 @@ def _positive_ints(**values: int) -> None:
             raise ConfigError(f"{name}={value} must be a positive integer")
 
 
-def _tracking_uri() -> str:
+def print_where_to_look(run_id: str) -> None:
+    """The UI command and the link to the experiment of `run_id`'s training runs."""
     import mlflow
 
-    return mlflow.get_tracking_uri()
+    from pipeline.tracking.links import where_to_look
+
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    print("\n".join(where_to_look(mlflow.get_tracking_uri(), experiment_id)), flush=True)
 
 
 def how_to_resume(command: str) -> str:

@@ -111,8 +111,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         10,
         60,
-        "about 5 minutes per SGAN run on a 2-core CPU, so a 24-run MNIST sweep fits in about an hour: 600 "
-        "steps (a twentieth of the reference protocol) already separate the SGAN from the CNN at 100 labels",
+        "a twentieth of the reference protocol, so that a whole MNIST sweep fits a 2-core CPU in an evening: 600 "
+        "steps already separate the SGAN from the CNN at 100 labels",
     ),
     "paper": Profile(20, 600, "the reference protocol: 20 epochs of 600 steps of batch 100 (one MNIST pass per epoch)"),
     "gans_in_action": Profile(

@@ -159,8 +159,9 @@ def build_discriminator(
 class ImageConv2D(layers.Conv2D):
     """A stride-1 "same" `Conv2D` with one filter, computed as one matrix product and a shift-and-add.
 
-    Why: TensorFlow's CPU kernels run a one-filter convolution at about 16 GFLOP/s, so the generator's
-    7x7 128->1 layer took over 40% of its time while doing 7% of its arithmetic. Here one matrix product
+    Why: TensorFlow's CPU kernels run a one-filter convolution far below the machine's matrix-product rate, so
+    the generator's 7x7 128->1 layer took a large share of its time for a small share of its arithmetic
+    (measured in the README's Performance section). Here one matrix product
     gives every tap's response at every pixel (taps x channels times channels x pixels), and the taps'
     planes, shifted into place, are summed.
     Same weights and, up to float rounding, same outputs and gradients as `Conv2D` (tested).

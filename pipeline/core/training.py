@@ -169,7 +169,7 @@ class Trainer:
         self.supervised_optimizer.build(models.discriminator.trainable_variables)
         self.average = MovingAverage(models.classifier, models.classifier_ema, config.ema_decay)
         # autograph off: the step has no Python control flow on tensors to convert, and converting it
-        # cost about a third of its tracing time (0.5 s of every run's start)
+        # lengthened every run's start (docs/development.md)
         self._run_steps = tf.function(self._steps, autograph=False)
         # one trace per classifier for every batch size (the splits and the last batch of each differ)
         images = [tf.TensorSpec(models.classifier.input_shape, tf.float32)]
