@@ -22,6 +22,7 @@ from pipeline.config import (
     user_settings,
 )
 from pipeline.data import DataError
+from pipeline.environment import value
 from pipeline.stopping import stop_on_signals, stop_signal, stopped_by_signal
 
 EXECUTORS = ("local", "ray")
@@ -72,8 +73,39 @@ def add_setting_arguments(parser: argparse.ArgumentParser, method: str | None) -
         if default is not None:
             text += f" (default {default})"
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default, help=text)
-    parser.add_argument("--experiment", default="", help="MLflow experiment (default <dataset>-<profile>)")
+    add_store_arguments(parser, "<dataset>-<profile>")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_store_arguments(parser: argparse.ArgumentParser, default_experiment: str) -> None:
+    """Where runs go, as MLflow's own tools spell it: `--experiment-name` (`--experiment` too) and `--tracking-uri`,
+    defaulting to MLflow's variables."""
+    parser.add_argument(
+        "--experiment-name",
+        "--experiment",
+        dest="experiment",
+        default="",
+        help=f"MLflow experiment (default MLFLOW_EXPERIMENT_NAME or MLFLOW_EXPERIMENT_ID, else {default_experiment})",
+    )
+    parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default MLFLOW_TRACKING_URI)")
+
+
+def apply_store_arguments(args: argparse.Namespace) -> None:
+    """`--tracking-uri` for this process and the trials it starts; the experiment from MLflow's variables when
+    not given (under `mlflow run`, its run's experiment decides: `pipeline.tracking.store`)."""
+    if getattr(args, "tracking_uri", ""):
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if not hasattr(args, "experiment") or args.experiment or value("MLFLOW_RUN_ID"):
+        return
+    if value("MLFLOW_EXPERIMENT_NAME"):
+        args.experiment = value("MLFLOW_EXPERIMENT_NAME")
+    elif experiment_id := value("MLFLOW_EXPERIMENT_ID"):
+        import mlflow
+
+        try:
+            args.experiment = mlflow.get_experiment(experiment_id).name
+        except mlflow.exceptions.MlflowException:
+            raise ConfigError(f"MLFLOW_EXPERIMENT_ID={experiment_id}: no such experiment at the tracking URI") from None
 
 
 def setting_values(args: argparse.Namespace) -> dict[str, object]:
@@ -153,13 +185,12 @@ def add_sweep_command(sub: argparse.ArgumentParser) -> None:
 
 
 def add_report_command(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--experiment", default=default_experiment("mnist", "quick"), help="default mnist-quick")
+    add_store_arguments(sub, default_experiment("mnist", "quick"))
     sub.add_argument(
         "--sweep-run-id", default="", help="only these sweeps' runs (comma-separated; children and reused runs)"
     )
     sub.add_argument("--labels", default="", help="only these label counts (comma-separated; default all)")
     sub.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
-    sub.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI or MLflow's default")
     sub.add_argument("--commentary", default="", help="text file of findings to include (paragraphs)")
     sub.add_argument(
         "--metric",
@@ -319,12 +350,8 @@ def dispatch(args: argparse.Namespace) -> int:
         print(format_result(result, args.json))
         return 0
     if args.command == "report":
-        if args.tracking_uri:
-            import mlflow
-
-            mlflow.set_tracking_uri(args.tracking_uri)
         return run_report_command(
-            args.experiment,
+            args.experiment or default_experiment("mnist", "quick"),
             args.out,
             args.sweep_run_id,
             commentary=args.commentary,
@@ -339,9 +366,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _positive_ints(**values: int) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{name}={value} must be a positive integer")
+    for name, number in values.items():
+        if number <= 0:
+            raise ConfigError(f"{name}={number} must be a positive integer")
 
 
 def print_where_to_look(run_id: str) -> None:
@@ -371,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop_on_signals()
     try:
+        apply_store_arguments(args)
         return dispatch(args)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -29,6 +29,8 @@ VARIABLES = (
     Variable(THREADS, "TensorFlow's intra-op threads in a trial (set by the sweep from its slots; 0: TensorFlow's)"),
     Variable("KERAS_HOME", "Keras' own folder, whose datasets/ is the default data folder"),
     Variable("MLFLOW_TRACKING_URI", "MLflow's tracking store (MLflow's own variable)"),
+    Variable("MLFLOW_EXPERIMENT_NAME", "the experiment a command uses when none is given (MLflow's own)"),
+    Variable("MLFLOW_EXPERIMENT_ID", "the same, by id, when MLFLOW_EXPERIMENT_NAME is not set (MLflow's own)"),
     Variable("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true: every run samples CPU, memory and GPU (MLflow's own)"),
     Variable("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "seconds between system-metric samples (MLflow's own)"),
     Variable("TF_CPP_MIN_LOG_LEVEL", "TensorFlow's C++ log level (its own)"),

@@ -6,11 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
 from pipeline.report import overview
 from pipeline.tracking.links import where_to_look
+
+from .conftest import cli, new_store, refused
+from .test_mlproject import mlflow_run
 
 
 def test_the_committed_overviews_are_what_the_reports_csvs_give():
@@ -65,3 +69,38 @@ def test_the_ui_command_names_this_environments_mlflow_unless_it_is_the_one_on_t
     assert (here / "mlflow").exists(), "mlflow is installed beside this interpreter"
     assert _mlflow_executable("/usr/bin:/bin") == str(here / "mlflow")  # a venv not activated
     assert _mlflow_executable(f"{here}:/usr/bin:/bin") == "mlflow"  # activated
+
+
+@pytest.mark.slow
+def test_mlflows_own_names_and_variables_choose_the_store_and_the_experiment(store, tmp_path):
+    """`--tracking-uri`, `MLFLOW_EXPERIMENT_NAME`, `--experiment-name`, and a report logged as a run of the
+    experiment it summarises even when `mlflow run` put its own run in the Default experiment."""
+    other = new_store(tmp_path / "other.db")
+    smoke = ["--dataset", "digits", "--profile", "smoke", "--labels", "20", "--quiet"]
+    trained = cli("cnn", *smoke, "--tracking-uri", other, env={"MLFLOW_EXPERIMENT_NAME": "from-env"})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    client = mlflow.MlflowClient(other)
+    experiment = client.get_experiment_by_name("from-env")
+    assert experiment is not None and mlflow.get_experiment_by_name("from-env") is None  # not the default store
+    assert f"#/experiments/{experiment.experiment_id}/runs" in trained.stdout
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+
+    named = cli("report", "--experiment-name", "from-env", "--tracking-uri", other, "--out", str(tmp_path / "r"))
+    assert named.returncode == 0, named.stderr[-2000:]
+    reports = client.search_runs([experiment.experiment_id], "tags.report = 'true'")
+    assert len(reports) == 1 and (tmp_path / "r" / "report.md").exists()
+
+    launched = mlflow_run("-e", "report", "-P", "experiment=from-env", "-P", f"out={tmp_path / 'r2'}",
+                          env={"MLFLOW_TRACKING_URI": other})  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    reports = client.search_runs([experiment.experiment_id], "tags.report = 'true'", order_by=["start_time DESC"])
+    assert len(reports) == 2, "the report run belongs to the experiment it summarises"
+    (default_run,) = client.search_runs(["0"])  # where `mlflow run` made its own run
+    assert default_run.data.tags["report_run_id"] == reports[0].info.run_id
+
+
+def test_an_experiment_id_that_does_not_exist_is_refused_in_one_line(store):
+    result = refused("report", env={"MLFLOW_EXPERIMENT_ID": "424242"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: MLFLOW_EXPERIMENT_ID=424242: no such experiment at the tracking URI"

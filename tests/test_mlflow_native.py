@@ -78,6 +78,23 @@ def test_final_figures_are_linked_to_the_classifier_they_belong_to(smoke_runs):
     assert "final_test_accuracy" not in ema_linked and "final_test_accuracy_ema" not in linked
     assert classifier.params["arm"] == "sgan stacked" and classifier.params["architecture"] == "mlm"
     assert classifier.params["labels"] == "20" and classifier.params["seed"] == "0"
+    measured_on = {m.key: (m.dataset_name, m.dataset_digest) for m in classifier.metrics + ema.metrics}
+    inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    for key, dataset in [("final_test_accuracy", "digits-test"), ("test_accuracy_class_3", "digits-test"),
+                         ("final_val_accuracy_ema", "digits-validation"),
+                         ("final_labeled_accuracy", "digits-labeled-L20-s0")]:  # fmt: skip
+        assert measured_on[key] == (dataset, inputs[dataset]), key  # the model page names its evaluation data
+    assert measured_on["selected_epoch"][0] is None
+
+
+@pytest.mark.slow
+def test_each_logged_model_says_what_it_is(smoke_runs):
+    _, (run, _) = smoke_runs
+    described = {name: model.tags.get("mlflow.note.content", "") for name, model in _models(run).items()}
+    assert described["classifier"].startswith("The classifier (sgan stacked; mlm networks) trained on 20 labels of")
+    assert "probabilities of the 10 classes" in described["classifier"]
+    assert described["classifier_ema"].startswith("The moving average of the classifier's weights")
+    assert "latent points" in described["generator"]
 
 
 @pytest.mark.slow

@@ -116,6 +116,27 @@ def read_commentary(path: Path | None) -> list[str]:
     return [" ".join(p.split()) for p in path.read_text().split("\n\n") if p.strip()]
 
 
+def log_report_run(experiment: str, out_dir: Path, params: dict[str, object]) -> str:
+    """A `report` run in the experiment the report summarises, holding the report as artifacts. Under
+    `mlflow run -e report` the run MLflow made is that run when it is in this experiment; when `mlflow run` put
+    it elsewhere (no `--experiment-name`: the Default experiment), the report run is made here all the same and
+    the launched run names it (`report_run_id`). Returns the report run's id."""
+    client = mlflow.MlflowClient()
+    summarised = mlflow.get_experiment_by_name(experiment).experiment_id
+    launched = value("MLFLOW_RUN_ID")
+    if launched and client.get_run(launched).info.experiment_id == summarised:
+        run_id = launched
+    else:
+        run_id = client.create_run(summarised, run_name=f"report-{experiment}", tags={REPORT_TAG: "true"}).info.run_id
+        if launched:
+            client.set_tag(launched, "report_run_id", run_id)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tag(REPORT_TAG, "true")
+        mlflow.log_params(params)
+        mlflow.log_artifacts(str(out_dir), "report")
+    return run_id
+
+
 def make_report(
     experiment: str,
     out_dir: Path,
@@ -134,17 +155,14 @@ def make_report(
     if log_to_run:
         mlflow.MlflowClient().log_artifacts(log_to_run, str(out_dir), "report")
     else:
-        # under `mlflow run -e report` the run exists already (MLFLOW_RUN_ID) and is the report run
-        launched = value("MLFLOW_RUN_ID")
-        experiment_id = None if launched else mlflow.get_experiment_by_name(experiment).experiment_id
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"report-{experiment}", tags={REPORT_TAG: "true"}):
-            mlflow.log_params(
-                {
-                    "sweep_run_id": sweep_run_id or "",
-                    "labels": ",".join(map(str, labels or [])),
-                    "n_runs": len(report.runs),
-                    "metric": metric,
-                }
-            )
-            mlflow.log_artifacts(str(out_dir), "report")
+        log_report_run(
+            experiment,
+            out_dir,
+            {
+                "sweep_run_id": sweep_run_id or "",
+                "labels": ",".join(map(str, labels or [])),
+                "n_runs": len(report.runs),
+                "metric": metric,
+            },
+        )
     return report

@@ -155,6 +155,16 @@ def _requirements() -> list[str]:
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
+MODEL_DESCRIPTIONS = {
+    "classifier": "The classifier ({arm}; {architecture} networks) trained on {labels} labels of {dataset}, "
+    "seed {seed}: images in [-1, 1], shape (N, 28, 28, 1) -> probabilities of the {classes} classes.",
+    "classifier_ema": "The moving average of the classifier's weights ({arm}; {architecture} networks), "
+    "{labels} labels of {dataset}, seed {seed}: images in [-1, 1], shape (N, 28, 28, 1) -> class probabilities.",
+    "generator": "The SGAN's generator ({arm}; {architecture} networks), {labels} labels of {dataset}, "
+    "seed {seed}: latent points, shape (N, latent_dim) -> images in [-1, 1], shape (N, 28, 28, 1).",
+}
+
+
 def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray, params: dict[str, object]) -> dict[str, str]:
     """The classifier and its moving average `classifier_ema` (images in [-1, 1], shape (N, 28, 28, 1)
     -> class probabilities) and the generator (latent (N, latent_dim) -> images in [-1, 1]), with
@@ -166,6 +176,9 @@ def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray, param
     and the GANs in Action classifiers are logged as stock-layer copies, so they load without this package.
     """
     example = images[:2].astype(np.float32)
+    described = {"classes": models.classifier.output_shape[-1]} | {
+        key: params.get(key, "?") for key in ("arm", "architecture", "labels", "dataset", "seed")
+    }
     logged = [("classifier", models.classifier, example), ("classifier_ema", models.classifier_ema, example)]
     if models.generator is not None:
         logged.append(("generator", models.generator, latent[:2].astype(np.float32)))
@@ -182,6 +195,7 @@ def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray, param
                 pip_requirements=_requirements(),
                 params={key: str(value) for key, value in params.items()},
                 model_type="classifier" if name.startswith("classifier") else "generator",
+                tags={"mlflow.note.content": MODEL_DESCRIPTIONS[name].format_map(described)},
             )
             ids[name] = info.model_id
     finally:
@@ -189,13 +203,26 @@ def log_models(models: SGANModels, images: np.ndarray, latent: np.ndarray, param
     return ids
 
 
-def log_final_metrics(final: dict[str, float], model_ids: dict[str, str]) -> None:
-    """The figures that count, on the run and linked to the classifier they belong to (the UI's Models
-    column; the Models page compares them): `*_ema` to `classifier_ema`, the others to `classifier`."""
-    ema = {name: value for name, value in final.items() if name.endswith("_ema")}
-    raw = {name: value for name, value in final.items() if name not in ema}
-    mlflow.log_metrics(raw, model_id=model_ids["classifier"])
-    mlflow.log_metrics(ema, model_id=model_ids["classifier_ema"])
+def evaluation_datasets(config: RunConfig, dataset: Dataset, indices: np.ndarray) -> dict[str, object]:
+    """The MLflow datasets the final figures are measured on, by the figures' prefix (`test`, `val`, `labeled`)."""
+    named = {data.name: data for data, _, _ in dataset_inputs(config, dataset, indices)}
+    rule = "" if config.labeled_subset == "balanced" else f"-{config.labeled_subset}"
+    return {
+        "test": named[f"{config.dataset}-test"],
+        "val": named[f"{config.dataset}-validation"],
+        "labeled": named[f"{config.dataset}-labeled{rule}-L{config.labels}-s{config.seed}"],
+    }
+
+
+def log_final_metrics(final: dict[str, float], model_ids: dict[str, str], datasets: dict[str, object]) -> None:
+    """The figures that count, on the run and linked to the classifier they belong to (`*_ema` to
+    `classifier_ema`, the others to `classifier`) and to the dataset they were measured on (`final_test_*` and
+    the per-class figures: the test split; `final_val_*`: validation; `final_labeled_*`: the labeled subset), so
+    the model page names its evaluation data. Which epoch counted is linked to the model alone."""
+    for name, value in final.items():
+        model_id = model_ids["classifier_ema" if name.endswith("_ema") else "classifier"]
+        prefix = name.removeprefix("final_").split("_")[0]
+        mlflow.log_metrics({name: value}, model_id=model_id, dataset=datasets.get(prefix))
 
 
 def log_confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, title: str) -> dict[str, float]:

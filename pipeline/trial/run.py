@@ -41,6 +41,7 @@ from pipeline.tracking.store import (
 )
 from pipeline.trial.record import (
     describe_run,
+    evaluation_datasets,
     log_confusion,
     log_epoch_image,
     log_epoch_metrics,
@@ -229,7 +230,7 @@ def log_outcome(prepared: Prepared, trained: Trained, run: mlflow.ActiveRun, reg
     final |= log_confusion(dataset.y_test, predicted, dataset.num_classes, f"{config.run_name}, test split")
     described = model_params(config)
     model_ids = log_models(trained.models, dataset.x_test, prepared.latent, described)
-    log_final_metrics(final, model_ids)
+    log_final_metrics(final, model_ids, evaluation_datasets(config, dataset, prepared.indices))
     mlflow.set_tag("mlflow.note.content", describe_run(config, final, history.selected[""]))
     if register_model:
         version = register_classifier(model_ids["classifier"], register_model, described)
