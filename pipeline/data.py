@@ -1,7 +1,9 @@
 """Datasets, their identity, the validation split and the labeled subset.
 
-MNIST-like sets are read from `<name>.npz` in Keras' layout, from `$SGAN_DATA_DIR` or else Keras'
-cache, and downloaded with Keras' own loader when absent (unless `SGAN_OFFLINE=1`). `digits` is
+MNIST-like sets are read from `<name>.npz` in Keras' layout, from `$SGAN_DATA_DIR` or else this project's
+cache (`$XDG_CACHE_HOME/sgan-bench/datasets`, by default `~/.cache/sgan-bench/datasets`); when absent there they
+are downloaded with Keras' own loader (which keeps its own files in its own cache) and saved in this project's
+cache, never over a file of Keras' (unless `SGAN_OFFLINE=1`: then a missing file is an error). `digits` is
 scikit-learn's bundled 8x8 set brought to 28x28, so a real dataset is always available offline.
 
 Data is identified by its content, never by the file's bytes: a hash of the arrays written as IDX
@@ -76,9 +78,10 @@ def unscale_pixels(images: np.ndarray) -> np.ndarray:
 
 
 def data_dir() -> Path:
+    """`$SGAN_DATA_DIR`, else this project's own cache folder."""
     if value(DATA_DIR):
         return Path(value(DATA_DIR))
-    return Path(value("KERAS_HOME") or Path.home() / ".keras") / "datasets"
+    return Path(value("XDG_CACHE_HOME") or Path.home() / ".cache") / "sgan-bench" / "datasets"
 
 
 def load_dataset(name: str) -> Dataset:

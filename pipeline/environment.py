@@ -24,10 +24,11 @@ FAULTS = "SGAN_TEST_FAULTS"
 EVENTS = "SGAN_TRIAL_EVENTS"
 
 VARIABLES = (
-    Variable(DATA_DIR, "the folder holding <dataset>.npz (default: Keras' cache, where downloads go)"),
+    Variable(DATA_DIR, "the folder holding <dataset>.npz (default: this project's cache, where downloads go)"),
+    Variable("XDG_CACHE_HOME", "the user's cache folder, holding sgan-bench/datasets (default ~/.cache)"),
     Variable(OFFLINE, "1: never download a dataset; a missing file is an error"),
     Variable(THREADS, "TensorFlow's intra-op threads in a trial (set by the sweep from its slots; 0: TensorFlow's)"),
-    Variable("KERAS_HOME", "Keras' own folder, whose datasets/ is the default data folder"),
+    Variable("KERAS_HOME", "Keras' own folder, where its loader keeps what it downloads (Keras' own)"),
     Variable("MLFLOW_TRACKING_URI", "MLflow's tracking store (MLflow's own variable)"),
     Variable("MLFLOW_EXPERIMENT_NAME", "the experiment a command uses when none is given (MLflow's own)"),
     Variable("MLFLOW_EXPERIMENT_ID", "the same, by id, when MLFLOW_EXPERIMENT_NAME is not set (MLflow's own)"),

@@ -1,4 +1,5 @@
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,17 @@ def test_the_same_data_saved_differently_keeps_its_identity(tmp_path, monkeypatc
         data = load_dataset("mnist")
         identities.add((data.checksum, data.verified))
     assert identities == {(MNIST_CONTENT_SHA256, "published")}
+
+
+def test_without_a_data_dir_data_lives_in_this_projects_cache_never_in_keras_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("SGAN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("SGAN_OFFLINE", "1")
+    ours = tmp_path / "cache" / "sgan-bench" / "datasets" / "mnist.npz"
+    with pytest.raises(DataError, match=f"{ours}: file not found, and SGAN_OFFLINE is set"):
+        load_dataset("mnist")
+    ours.parent.mkdir(parents=True)
+    shutil.copyfile(SHARED_DATA / "mnist.npz", ours)  # as a download leaves it
+    assert load_dataset("mnist").source == str(ours)
+    assert not (tmp_path / "keras").exists()  # Keras' folder untouched

@@ -11,7 +11,7 @@ from scipy import stats
 
 from pipeline.report import build_report, make_report
 
-from .conftest import cli, refused
+from .conftest import ROOT, cli, refused
 
 # final test accuracy per (method, labels, seed): SGAN wins at 50, loses once at 1000
 KNOWN = {
@@ -313,3 +313,35 @@ def test_two_architectures_are_compared_each_on_its_own_networks(store):
         diffs = [truth[("sgan", row.labels, s)] - truth[("cnn", row.labels, s)] for s in range(3)]
         assert row.mean_diff == pytest.approx(np.mean(diffs))
     assert any("2 data, protocol and architecture combinations" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("report", ["mnist-paper", "mnist-quick"])
+def test_the_plotted_seed_differences_are_the_pairs_behind_the_paired_table(report):
+    from pipeline.report.runs import GROUP
+    from pipeline.report.statistics import paired_differences, seed_differences
+
+    runs = pd.read_csv(ROOT / "reports" / report / "runs.csv")
+    paired, seeds = paired_differences(runs), seed_differences(runs)
+    by_pair = seeds.groupby([*GROUP, "labels", "sgan_arm", "baseline_arm"])["diff"]
+    merged = paired.merge(
+        by_pair.agg(["mean", "size"]).reset_index(), on=[*GROUP, "labels", "sgan_arm", "baseline_arm"]
+    )
+    assert len(merged) == len(paired) > 0
+    np.testing.assert_allclose(merged["mean"], merged["mean_diff"])
+    assert (merged["size"] == merged["n_pairs"]).all()
+
+
+def test_a_written_report_is_replotted_from_its_runs_csv_and_rendered_again(tmp_path, capsys):
+    import shutil
+
+    from pipeline.report.replot import main as replot
+
+    folder = tmp_path / "mnist-paper"
+    shutil.copytree(ROOT / "reports" / "mnist-paper", folder)
+    before = (folder / "accuracy_vs_labels.png").stat().st_mtime_ns
+    (folder / "report.html").write_text("stale")
+    assert replot([str(folder)]) == 0
+    assert (folder / "accuracy_vs_labels.png").stat().st_mtime_ns != before
+    page = (folder / "report.html").read_text()
+    assert "<table>" in page and page.count("data:image/png;base64,") >= 2 and "|---" not in page
+    assert replot([str(tmp_path)]) == 2 and "no runs.csv, not a written report" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from pipeline.report.statistics import (
     ema_effect,
     paired_differences,
     rank_arms,
+    seed_differences,
     sgan_contrasts,
     summarize,
 )
@@ -87,8 +88,12 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     if not report.runs.empty:
         ylabel = METRICS[report.metric][0]
         draw = {
-            "accuracy_vs_labels.png": lambda p: plots.accuracy_vs_labels(report.summary, p, ylabel),
-            "paired_difference.png": lambda p: plots.paired_difference(report.paired, p),
+            "accuracy_vs_labels.png": lambda p: plots.accuracy_vs_labels(
+                report.summary, report.runs, report.metric, p, ylabel
+            ),
+            "paired_difference.png": lambda p: plots.paired_difference(
+                report.paired, seed_differences(report.runs, report.metric), p
+            ),
             "learning_curves.png": lambda p: plots.learning_curves(
                 report.runs, p, "test_accuracy_ema" if report.metric == "ema" else "test_accuracy"
             ),

@@ -30,19 +30,24 @@ def _label_axis(ax, values) -> None:
     ax.grid(alpha=0.3)
 
 
-def accuracy_vs_labels(summary: pd.DataFrame, path: Path, ylabel: str) -> None:
+def accuracy_vs_labels(summary: pd.DataFrame, runs: pd.DataFrame, metric: str, path: Path, ylabel: str) -> None:
+    """Each arm's mean ± 1 std over seeds, and every seed's run as a dot (with 3 to 10 seeds, the points say
+    more than the bar)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     several = len(summary[GROUP].drop_duplicates()) > 1
-    for _, rows in summary.groupby([*GROUP, "arm"]):
+    for key, rows in summary.groupby([*GROUP, "arm"]):
         name = _line_name(rows.iloc[0], several)
-        ax.errorbar(rows["labels"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=4, label=name)
-    ax.set(xlabel="labeled examples", ylabel=ylabel, title="Test accuracy vs labels (mean ± 1 std over seeds)")
+        line = ax.errorbar(rows["labels"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=4, label=name)
+        seeds = runs.set_index([*GROUP, "arm"]).loc[[key]].dropna(subset=[metric])
+        ax.scatter(seeds["labels"], seeds[metric], s=10, alpha=0.5, color=line[0].get_color(), zorder=3)
+    ax.set(xlabel="labeled examples", ylabel=ylabel, title="Test accuracy vs labels (mean ± 1 std; dots: seeds)")
     _label_axis(ax, summary["labels"])
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
-def paired_difference(paired: pd.DataFrame, path: Path) -> None:
+def paired_difference(paired: pd.DataFrame, seeds: pd.DataFrame, path: Path) -> None:
+    """Each comparison's mean difference and 95% interval, and each seed's own difference as a dot."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     rows = paired.dropna(subset=["mean_diff"])
     several = len(rows[GROUP].drop_duplicates()) > 1
@@ -51,8 +56,8 @@ def paired_difference(paired: pd.DataFrame, path: Path) -> None:
         offset = 1 + 0.04 * (i - (len(comparisons) - 1) / 2)  # side by side on the log axis
         low = (group.mean_diff - group.ci_low).fillna(0)
         high = (group.ci_high - group.mean_diff).fillna(0)
-        name = f"{key[2]} - {key[3]}" + (f" ({key[0]}, {key[1]})" if several else "")
-        ax.errorbar(
+        name = f"{key[-2]} - {key[-1]}" + (f" ({key[0]}, {key[1]})" if several else "")  # key: *GROUP, arms
+        line = ax.errorbar(
             group["labels"] * offset,
             group["mean_diff"] * 100,
             yerr=np.vstack([low, high]) * 100,
@@ -60,8 +65,11 @@ def paired_difference(paired: pd.DataFrame, path: Path) -> None:
             capsize=4,
             label=name,
         )
+        own = seeds.set_index([*GROUP, "sgan_arm", "baseline_arm"]).loc[[key]] if len(seeds) else seeds
+        ax.scatter(own["labels"] * offset, own["diff"] * 100, s=10, alpha=0.5, color=line[0].get_color(), zorder=3)
     ax.axhline(0, color="grey", lw=1)
-    ax.set(xlabel="labeled examples", ylabel="difference (accuracy points)", title="Paired difference, mean and 95% CI")
+    title = "Paired difference, mean and 95% CI (dots: seeds)"
+    ax.set(xlabel="labeled examples", ylabel="difference (accuracy points)", title=title)
     if len(rows):
         _label_axis(ax, rows["labels"])
         ax.legend(fontsize=8)

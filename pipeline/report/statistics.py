@@ -46,11 +46,24 @@ def paired_differences(runs: pd.DataFrame, metric: str = "final", confidence: fl
     (`scipy.stats.ttest_rel`), wins/losses/ties. Two arms are never pooled; with fewer than two pairs
     there is no interval."""
 
-    def pairs(key: tuple, arms: list[str]) -> list[tuple[str, str]]:
-        baselines = [arm for arm in arms if is_baseline_arm(arm)]
-        return [(sgan, baseline) for sgan in arms if sgan.startswith("sgan") for baseline in baselines]
+    return _pair_arms(runs, metric, confidence, _sgan_and_baselines, PAIRED_COLUMNS)
 
-    return _pair_arms(runs, metric, confidence, pairs, PAIRED_COLUMNS)
+
+def _sgan_and_baselines(key: tuple, arms: list[str]) -> list[tuple[str, str]]:
+    baselines = [arm for arm in arms if is_baseline_arm(arm)]
+    return [(sgan, baseline) for sgan in arms if sgan.startswith("sgan") for baseline in baselines]
+
+
+def seed_differences(runs: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
+    """The pairs behind `paired_differences`, one row per seed: SGAN arm minus baseline arm (`diff`)."""
+    rows = []
+    runs = runs.dropna(subset=[metric]) if not runs.empty else runs
+    for key, group in runs.groupby([*GROUP, "labels"]) if not runs.empty else []:
+        by_arm = {arm: rows_.set_index("seed")[metric] for arm, rows_ in group.groupby("arm")}
+        for first, second in _sgan_and_baselines(key, sorted(by_arm)):
+            a, b = by_arm[first].align(by_arm[second], join="inner")
+            rows += [(*key, first, second, seed, diff) for seed, diff in (a - b).items()]
+    return pd.DataFrame(rows, columns=[*GROUP, "labels", "sgan_arm", "baseline_arm", "seed", "diff"])
 
 
 def sgan_contrasts(runs: pd.DataFrame, metric: str = "final", confidence: float = CONFIDENCE) -> pd.DataFrame:
