@@ -179,6 +179,11 @@ def add_sweep_command(sub: argparse.ArgumentParser) -> None:
         default=True,
         help="each trial logs CPU and memory (GPU where present) with MLflow's system metrics (default true)",
     )
+    sub.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (what runs, is reused or resumed) and its ETA; run nothing",
+    )
     add_setting_arguments(sub, None)
     if sub.prog.endswith(" main"):
         sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
@@ -266,6 +271,14 @@ def run_sweep_command(args: argparse.Namespace) -> tuple[int, str, str]:
     skipped = ("command", "quiet", "experiment", "epochs", "steps_per_epoch", "out")  # the last two: as resolved
     params = {k: v for k, v in vars(args).items() if k not in skipped}
     params |= {"num_epochs": trials[0].config.epochs, "steps_per_epoch": trials[0].config.steps_per_epoch}
+    if args.dry_run:
+        from pipeline.sweep.run import dry_run
+        from pipeline.tracking.store import check_tracking_uri
+
+        check_tracking_uri()
+        slots = args.max_parallel if args.executor == "local" else 1
+        print("\n".join(dry_run(trials, experiment, slots, args.force)))
+        return 0, experiment, ""
     if args.system_metrics:  # MLflow's own switch: the trial processes inherit it
         os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true"
     executor = make_executor(args)
@@ -359,6 +372,8 @@ def dispatch(args: argparse.Namespace) -> int:
             labels=args.labels,
         )
     code, experiment, parent = run_sweep_command(args)
+    if not parent:  # a dry run
+        return code
     if args.command == "main":
         run_report_command(experiment, args.out, parent, log_to_run=parent)
     print_where_to_look(parent)

@@ -7,9 +7,8 @@ import pytest
 
 from pipeline.config import resolve_config
 from pipeline.sweep.events import CandidateDone, EpochDone, EventReader, encode
-from pipeline.sweep.plan import Trial
+from pipeline.sweep.plan import Outcome, Trial
 from pipeline.sweep.progress import Progress, clock, makespan
-from pipeline.sweep.trial import Outcome
 
 
 def _trial(method: str, seed: int) -> Trial:

@@ -42,8 +42,9 @@ def swept(tmp_path_factory):
     with tracking_store(folder):
         args = [*SWEEP, "--labels", "10,20", "--seeds", "0", "--max-parallel", "2", "--register-model", "best-digits"]
         first = cli(*args, cwd=folder, env=arm(fail_runs=FAILING.split(",")))
+        plan = cli(*args, "--dry-run", cwd=folder)
         second = cli(*args, cwd=folder)
-        yield folder, first, second
+        yield folder, first, second, plan
 
 
 def _runs_of(parent: str) -> pd.DataFrame:
@@ -52,8 +53,20 @@ def _runs_of(parent: str) -> pd.DataFrame:
 
 
 @pytest.mark.slow
+def test_a_dry_run_prints_the_plan_with_reuse_and_an_eta_and_runs_nothing(swept):
+    *_, plan = swept
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    lines = plan.stdout.splitlines()
+    assert lines[0].startswith("Plan of 4 trials in experiment 'digits-smoke'")
+    assert sum(line.startswith("  reuse   ") for line in lines) == 3
+    assert [line.strip() for line in lines if line.startswith("  run     ")] == [f"run     {FAILING}"]
+    assert re.fullmatch(r"1 to run \(0 resumed\), 3 reused; ETA \d+m\d\ds at 2 trials at once", lines[-1])
+    assert len(_parents()) == 2  # the two real sweeps; the dry run made no run
+
+
+@pytest.mark.slow
 def test_sweep_makes_one_nested_child_run_per_trial_and_parallel_trials_lose_nothing(swept):
-    _, first, _ = swept
+    _, first, _, _ = swept
     assert first.returncode == 1, first.stderr[-3000:]  # one trial failed; the sweep went on
     first_parent = _parents().iloc[0]
     runs = _runs_of(first_parent.run_id).set_index("tags.mlflow.runName")
@@ -76,7 +89,7 @@ def test_sweep_makes_one_nested_child_run_per_trial_and_parallel_trials_lose_not
 
 @pytest.mark.slow
 def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(swept):
-    _, first, second = swept
+    _, first, second, _ = swept
     client = mlflow.MlflowClient()
     runs = _trial_runs()  # the alias follows the best finished run, the rerun trial's included
     for labels in (10, 20):
@@ -89,7 +102,7 @@ def test_a_sweep_registers_its_best_classifier_per_label_count_with_an_alias(swe
 
 @pytest.mark.slow
 def test_running_the_same_sweep_again_reruns_only_the_failed_trial_and_reuses_the_rest(swept):
-    folder, _, second = swept
+    folder, _, second, _ = swept
     assert second.returncode == 0, second.stderr[-3000:]
     runs = _trial_runs()
     assert len(runs) == 5  # one new run: the failed trial's

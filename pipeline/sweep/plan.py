@@ -1,4 +1,4 @@
-"""A sweep's grid of trials, checked before anything trains, and the command each trial runs."""
+"""A sweep's grid of trials, checked before anything trains, the command each trial runs, and what became of it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,38 @@ from pipeline.data import labeled_subset, load_dataset
 class Trial:
     config: RunConfig
     fingerprint: str
+
+
+@dataclass
+class Outcome:
+    name: str
+    method: str
+    arm: str
+    labels: int
+    seed: int
+    status: str  # FINISHED or FAILED
+    run_id: str | None
+    final_test_accuracy: float | None
+    reused: bool
+    seconds: float  # the trial's whole training run: a resumed trial's earlier processes included
+    error: str | None = None
+    resumed: bool = False  # continued from a checkpoint a stopped sweep left
+
+    @classmethod
+    def of(cls, trial: Trial, status: str, run_id: str | None, reused: bool, seconds: float = 0.0) -> Outcome:
+        config = trial.config
+        return cls(
+            config.run_name,
+            config.method,
+            config.arm,
+            config.labels,
+            config.seed,
+            status,
+            run_id,
+            None,
+            reused,
+            seconds,
+        )
 
 
 def plan_trials(

@@ -10,8 +10,7 @@ import time
 from statistics import fmean
 
 from pipeline.sweep.events import CandidateDone, EpochDone, Event
-from pipeline.sweep.plan import Trial
-from pipeline.sweep.trial import Outcome
+from pipeline.sweep.plan import Outcome, Trial
 
 
 class Progress:

@@ -23,9 +23,9 @@ import mlflow
 
 from pipeline.config import ConfigError
 from pipeline.environment import forwarded, value
-from pipeline.sweep.plan import Trial
+from pipeline.sweep.plan import Outcome, Trial
 from pipeline.sweep.schedule import Polled
-from pipeline.sweep.trial import Outcome, TrialProcesses, run_trial, settle
+from pipeline.sweep.trial import TrialProcesses, run_trial, settle
 
 STOP_GRACE_SECONDS = 180  # for cancelled tasks to stop their trials and close their runs
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication

@@ -3,13 +3,44 @@ from their checkpoints, and runs a stopped or killed sweep left RUNNING, to clos
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import mlflow
 from mlflow.entities import RunStatus
 
 from pipeline.schema import CHECKPOINT_DIR, CHECKPOINT_STATE, FINGERPRINT_TAG, OWNER_TAG, SWEEP_TAG
 from pipeline.sweep.owner import is_abandoned
-from pipeline.sweep.plan import Trial
+from pipeline.sweep.plan import Outcome, Trial
 from pipeline.tracking.store import has_checkpoint, newest_run
+
+
+@dataclass
+class Survey:
+    """What a sweep's trials find in their experiment: finished runs to reuse, and of the trials left to run,
+    those that continue a stopped run from its checkpoint (run id, epochs its checkpoint holds)."""
+
+    pending: list[Trial] = field(default_factory=list)
+    resumes: dict[Trial, tuple[str, int]] = field(default_factory=dict)
+    reused: list[Outcome] = field(default_factory=list)
+
+
+def survey(trials: list[Trial], experiment_id: str | None, force: bool = False) -> Survey:
+    """`experiment_id` None: the experiment does not exist yet, so every trial runs from the start."""
+    found = Survey()
+    for trial in trials:
+        existing = None
+        if experiment_id is not None and not force:
+            existing = latest_run(experiment_id, trial, "attributes.status = 'FINISHED'")
+        if existing is None:
+            found.pending.append(trial)
+            if experiment_id is not None and not force and (unfinished := resumable(experiment_id, trial)):
+                found.resumes[trial] = unfinished
+            continue
+        metrics = existing.data.metrics
+        outcome = Outcome.of(trial, "FINISHED", existing.info.run_id, True, metrics.get("wall_seconds", 0.0))
+        outcome.final_test_accuracy = metrics.get("final_test_accuracy")
+        found.reused.append(outcome)
+    return found
 
 
 def latest_run(experiment_id: str, trial: Trial, condition: str) -> mlflow.entities.Run | None:

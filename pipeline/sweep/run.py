@@ -18,11 +18,10 @@ from mlflow.entities import RunStatus
 from pipeline.schema import OWNER_TAG, SWEEP_TAG, TRIALS_FILE
 from pipeline.sweep.local import LocalExecutor
 from pipeline.sweep.owner import process_identity
-from pipeline.sweep.plan import Trial
+from pipeline.sweep.plan import Outcome, Trial
 from pipeline.sweep.progress import Progress
-from pipeline.sweep.recovery import close_abandoned_sweeps, close_unfinished_runs, latest_run, resumable
+from pipeline.sweep.recovery import close_abandoned_sweeps, close_unfinished_runs, survey
 from pipeline.sweep.schedule import Executor, schedule
-from pipeline.sweep.trial import Outcome
 from pipeline.tracking.store import check_tracking_uri, log_new_params, record_stop, run_destination
 
 
@@ -67,31 +66,23 @@ def run_sweep(
         progress = Progress(len(trials), executor.slots, verbose)
         if verbose:
             print(f"Sweep of {len(trials)} trials in experiment '{experiment}', parent run {parent.info.run_id}")
-        pending, resumes, outcomes = [], {}, []
-        reused = []
-        for trial in trials:
-            existing = None if force else latest_run(experiment_id, trial, "attributes.status = 'FINISHED'")
-            if existing is None:
-                pending.append(trial)
-                if not force and (unfinished := resumable(experiment_id, trial)):
-                    resumes[trial], epoch = unfinished
-                    progress.resuming(trial, resumes[trial], epoch)
-                continue
-            metrics = existing.data.metrics
-            outcome = Outcome.of(trial, "FINISHED", existing.info.run_id, True, metrics.get("wall_seconds", 0.0))
-            outcome.final_test_accuracy = metrics.get("final_test_accuracy")
-            reused.append(outcome)
-        for outcome in reused:  # reported once the trials left to run are known, for an honest ETA
+        found = survey(trials, experiment_id, force)
+        for trial, (run_id, epoch) in found.resumes.items():
+            progress.resuming(trial, run_id, epoch)
+        outcomes = []
+        for outcome in found.reused:  # reported once the trials left to run are known, for an honest ETA
             outcomes.append(outcome)
-            progress.report(outcome, pending)
+            progress.report(outcome, found.pending)
 
         def on_outcome(outcome: Outcome, waiting: list[Trial]) -> None:
             outcomes.append(outcome)
             progress.report(outcome, waiting)
 
         try:
-            if pending:
-                schedule(pending, resumes, executor, experiment_id, parent.info.run_id, progress.update, on_outcome)
+            if found.pending:
+                resumes = {trial: run_id for trial, (run_id, _) in found.resumes.items()}
+                parent_id = parent.info.run_id
+                schedule(found.pending, resumes, executor, experiment_id, parent_id, progress.update, on_outcome)
         except BaseException as err:
             log_trials(outcomes)
             close_unfinished_runs(experiment_id, parent.info.run_id)
@@ -122,3 +113,29 @@ def sweep_summary(result: SweepResult) -> str:
     ]
     lines += [f"  FAILED {o.name} (run {o.run_id}): {o.error}" for o in result.failed]
     return "\n".join(lines)
+
+
+def dry_run(trials: list[Trial], experiment: str, slots: int, force: bool = False) -> list[str]:
+    """The plan, without running or creating anything: each trial reused (its finished run), resumed (the run
+    and the epochs its checkpoint holds) or run, and the ETA from the durations of the reused runs' arms."""
+    found_experiment = mlflow.get_experiment_by_name(experiment)
+    found = survey(trials, found_experiment.experiment_id if found_experiment else None, force)
+    progress = Progress(len(trials), slots, verbose=False)
+    lines = [f"Plan of {len(trials)} trials in experiment '{experiment}' ({mlflow.get_tracking_uri()}):"]
+    for trial in trials:
+        name = trial.config.run_name
+        if trial in found.resumes:
+            run_id, epoch = found.resumes[trial]
+            progress.resuming(trial, run_id, epoch)
+            lines.append(f"  resume  {name}: run {run_id} after epoch {epoch}/{trial.config.train_epochs}")
+        elif trial in found.pending:
+            lines.append(f"  run     {name}")
+        else:
+            (outcome,) = [o for o in found.reused if o.name == name]
+            accuracy = f"{outcome.final_test_accuracy:.4f}" if outcome.final_test_accuracy is not None else "n/a"
+            lines.append(f"  reuse   {name}: run {outcome.run_id}, test accuracy {accuracy}")
+    for outcome in found.reused:
+        progress.report(outcome, found.pending)
+    left = f"{len(found.pending)} to run ({len(found.resumes)} resumed), {len(found.reused)} reused"
+    lines.append(f"{left}; {progress.eta(found.pending)} at {slots} trial{'s' if slots > 1 else ''} at once")
+    return lines

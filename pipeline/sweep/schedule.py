@@ -14,8 +14,7 @@ from typing import Protocol
 
 from pipeline.stopping import raise_if_stopped
 from pipeline.sweep.events import Event
-from pipeline.sweep.plan import Trial, search_group
-from pipeline.sweep.trial import Outcome
+from pipeline.sweep.plan import Outcome, Trial, search_group
 
 POLL_SECONDS = 1.0  # how long a poll waits for something to happen
 

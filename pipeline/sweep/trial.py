@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -19,43 +18,11 @@ from mlflow.entities import RunStatus
 from pipeline.environment import EVENTS, THREADS, trial_environment
 from pipeline.schema import FINGERPRINT_TAG, SEARCH_SECONDS
 from pipeline.sweep.events import Event, EventReader
-from pipeline.sweep.plan import Trial, trial_command
+from pipeline.sweep.plan import Outcome, Trial, trial_command
 from pipeline.sweep.recovery import latest_run
 
 WATCH_SECONDS = 10  # how often a running trial's events are read
 POLL_SECONDS = 1.0  # how often a running trial is checked for its end and for a stop
-
-
-@dataclass
-class Outcome:
-    name: str
-    method: str
-    arm: str
-    labels: int
-    seed: int
-    status: str  # FINISHED or FAILED
-    run_id: str | None
-    final_test_accuracy: float | None
-    reused: bool
-    seconds: float  # the trial's whole training run: a resumed trial's earlier processes included
-    error: str | None = None
-    resumed: bool = False  # continued from a checkpoint a stopped sweep left
-
-    @classmethod
-    def of(cls, trial: Trial, status: str, run_id: str | None, reused: bool, seconds: float = 0.0) -> Outcome:
-        config = trial.config
-        return cls(
-            config.run_name,
-            config.method,
-            config.arm,
-            config.labels,
-            config.seed,
-            status,
-            run_id,
-            None,
-            reused,
-            seconds,
-        )
 
 
 class TrialProcesses:
