@@ -172,8 +172,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+@contextmanager
+def running_mlflow_server(folder: Path):
     """A real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts proxied): the client-server path."""
     port = free_port()
     server = subprocess.Popen(
@@ -187,9 +187,9 @@ def mlflow_server(tmp_path):
             "--port",
             str(port),
             "--backend-store-uri",
-            new_store(tmp_path / "server.db"),
+            new_store(folder / "server.db"),
             "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
+            str(folder / "server-artifacts"),
             "--workers",
             "1",
         ],
@@ -203,6 +203,12 @@ def mlflow_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    with running_mlflow_server(tmp_path) as uri:
+        yield uri
 
 
 def assert_nothing_lost(runs: pd.DataFrame, epochs: int) -> None:

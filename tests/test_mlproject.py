@@ -121,3 +121,23 @@ def test_conda_yaml_installs_what_pyproject_declares_with_the_ray_extra():
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     (pip,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
     assert sorted(pip) == sorted(project["dependencies"] + project["optional-dependencies"]["ray"])
+
+
+def test_the_constraints_pin_every_declared_package_within_its_bounds():
+    """The tested set (constraints.txt) that the README's commands and CI install holds a version of every
+    package pyproject.toml declares (with the test and ray extras) that its bounds admit."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    for text in project["dependencies"] + extras["test"] + extras["ray"]:
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is declared but not pinned in constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name], str(requirement))
