@@ -98,3 +98,23 @@ def test_events_come_back_from_their_file_whole_and_in_order_and_a_half_written_
     with path.open("a") as handle:
         handle.write(encode(sent[1])[10:] + "\n")
     assert reader.new() == sent[1:] and reader.new() == []
+
+
+def test_on_a_terminal_the_sweep_shows_live_bars_and_the_finished_trials_lines():
+    import io
+
+    from rich.console import Console
+
+    from pipeline.sweep.progress import Bars
+
+    screen = io.StringIO()
+    sgan0, sgan1 = _trial("sgan", 0), _trial("sgan", 1)
+    bars = Bars(total=2, console=Console(file=screen, force_terminal=True, width=160))
+    progress = Progress(total=2, parallel=1, verbose=True, display=bars)
+    progress.update(sgan0, EpochDone(1, 2, 30.0, {"test_accuracy": 0.5}), [sgan0, sgan1])
+    assert bars.bars.tasks[1].description == "sgan-stacked-digits-L20-s0" and bars.bars.tasks[1].completed == 1
+    assert bars.bars.tasks[0].fields["note"] == "ETA 1m30s"  # sweep: 30 s left of sgan0, then sgan1 as long
+    progress.report(_finished(sgan0, 60.0), [sgan1])
+    progress.close()
+    assert [task.description for task in bars.bars.tasks] == ["sweep"] and bars.bars.tasks[0].completed == 1
+    assert "[1/2] sgan-stacked-digits-L20-s0: finished, test accuracy 0.9000 in 1m00s" in screen.getvalue()

@@ -63,9 +63,9 @@ def run_sweep(
                 print(f"Closed sweep run {abandoned}, left RUNNING by a sweep killed hard (now KILLED)")
         trials = [Trial(replace(t.config, experiment=experiment), t.fingerprint) for t in trials]
         log_new_params({**(sweep_params or {}), "n_trials": len(trials), "executor": executor.name})
-        progress = Progress(len(trials), executor.slots, verbose)
         if verbose:
             print(f"Sweep of {len(trials)} trials in experiment '{experiment}', parent run {parent.info.run_id}")
+        progress = Progress(len(trials), executor.slots, verbose)
         found = survey(trials, experiment_id, force)
         for trial, (run_id, epoch) in found.resumes.items():
             progress.resuming(trial, run_id, epoch)
@@ -84,10 +84,12 @@ def run_sweep(
                 parent_id = parent.info.run_id
                 schedule(found.pending, resumes, executor, experiment_id, parent_id, progress.update, on_outcome)
         except BaseException as err:
+            progress.close()
             log_trials(outcomes)
             close_unfinished_runs(experiment_id, parent.info.run_id)
             record_stop(err)
             raise
+        progress.close()
         log_trials(outcomes)
         result = SweepResult(parent.info.run_id, experiment, outcomes)
         mlflow.log_metrics({"trials_finished": len(outcomes) - len(result.failed), "trials_failed": len(result.failed)})
