@@ -7,6 +7,8 @@ Pure functions of the runs table (one row per run that counts, see `runs.latest_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -56,13 +58,11 @@ def _sgan_and_baselines(key: tuple, arms: list[str]) -> list[tuple[str, str]]:
 
 def seed_differences(runs: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
     """The pairs behind `paired_differences`, one row per seed: SGAN arm minus baseline arm (`diff`)."""
-    rows = []
-    runs = runs.dropna(subset=[metric]) if not runs.empty else runs
-    for key, group in runs.groupby([*GROUP, "labels"]) if not runs.empty else []:
-        by_arm = {arm: rows_.set_index("seed")[metric] for arm, rows_ in group.groupby("arm")}
-        for first, second in _sgan_and_baselines(key, sorted(by_arm)):
-            a, b = by_arm[first].align(by_arm[second], join="inner")
-            rows += [(*key, first, second, seed, diff) for seed, diff in (a - b).items()]
+    rows = [
+        (*key, first, second, seed, diff)
+        for key, first, second, a, b in _aligned(runs, metric, _sgan_and_baselines)
+        for seed, diff in (a - b).items()
+    ]
     return pd.DataFrame(rows, columns=[*GROUP, "labels", "sgan_arm", "baseline_arm", "seed", "diff"])
 
 
@@ -82,14 +82,20 @@ def sgan_contrasts(runs: pd.DataFrame, metric: str = "final", confidence: float 
 def _pair_arms(runs: pd.DataFrame, metric: str, confidence: float, pairs, columns: list[str]) -> pd.DataFrame:
     """Per data, protocol, architecture and label count, arm A minus arm B over the seeds both have, for
     each (A, B) that `pairs(key, sorted arms present)` names."""
-    rows = []
+    rows = [
+        (*key, first, second, *_paired(a.to_numpy(), b.to_numpy(), confidence))
+        for key, first, second, a, b in _aligned(runs, metric, pairs)
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _aligned(runs: pd.DataFrame, metric: str, pairs) -> Iterator[tuple[tuple, str, str, pd.Series, pd.Series]]:
+    """(group key, arm A, arm B, A's and B's `metric` on the seeds both have, indexed by seed)."""
     runs = runs.dropna(subset=[metric]) if not runs.empty else runs
     for key, group in runs.groupby([*GROUP, "labels"]) if not runs.empty else []:
         by_arm = {arm: rows_.set_index("seed")[metric] for arm, rows_ in group.groupby("arm")}
         for first, second in pairs(key, sorted(by_arm)):
-            a, b = by_arm[first].align(by_arm[second], join="inner")
-            rows.append((*key, first, second, *_paired(a.to_numpy(), b.to_numpy(), confidence)))
-    return pd.DataFrame(rows, columns=columns)
+            yield (key, first, second, *by_arm[first].align(by_arm[second], join="inner"))
 
 
 def _paired(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple:
