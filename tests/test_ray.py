@@ -125,7 +125,7 @@ def test_sigterm_to_a_ray_sweep_stops_its_trials_and_leaves_nothing_running(stor
         runs, client = _trial_runs("ray-stop"), mlflow.MlflowClient()
         return len(runs) == 2 and all(client.get_metric_history(r, "test_accuracy") for r in runs.run_id)
 
-    wait_until(both_logged_an_epoch, "both trials' first epoch")
+    wait_until(both_logged_an_epoch, "both trials' first epoch", timeout=600)  # Ray and two TensorFlow starts
     parent = _parents("ray-stop").run_id.iloc[0]
     assert len(_processes_mentioning(parent)) == 2, "both trial processes should be running"
     sweep.send_signal(signal.SIGTERM)

@@ -213,10 +213,12 @@ def test_cli_run_prints_progress_and_a_summary(store):
     result = cli("cnn", "--dataset", "digits", "--labels", "20", "--profile", "smoke")
     assert result.returncode == 0, result.stderr
     assert "Epoch 2/2" in result.stdout and "loss_supervised" in result.stdout
-    summary = result.stdout.strip().splitlines()[-1]
+    *_, summary, browse, link = result.stdout.strip().splitlines()  # the summary, then where to look
     assert summary.startswith("cnn-digits-L20-s0: final test accuracy ")
     (run,) = mlflow.search_runs(experiment_names=["digits-smoke"], output_format="list")
     assert run.info.run_id in summary and run.data.params["labels"] == "20"
+    assert browse.startswith("Browse the runs: ") and browse.endswith(f"ui --backend-store-uri {store} --port 5000")
+    assert link.strip() == f"then open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs"
 
 
 def _permuted_test_labels(source, folder):
