@@ -104,3 +104,21 @@ def test_an_experiment_id_that_does_not_exist_is_refused_in_one_line(store):
     result = refused("report", env={"MLFLOW_EXPERIMENT_ID": "424242"})
     assert result.returncode == 2
     assert result.stderr.strip() == "error: MLFLOW_EXPERIMENT_ID=424242: no such experiment at the tracking URI"
+
+
+def test_the_improved_gan_verdict_pairs_its_feature_matching_sgan_with_its_mlps(tmp_path):
+    folder = tmp_path / "reports" / "mnist-improved-gan"
+    folder.mkdir(parents=True)
+    group = {"dataset": "mnist", "protocol": "improved_gan 150x600", "architecture": "improved_gan", "labels": 100}
+    sgan = "sgan stacked feature matching improved_gan"
+    arms = ((sgan, 0.988), ("mlp improved_gan", 0.80), ("sgan stacked improved_gan", 0.5))
+    pd.DataFrame(
+        [{**group, "arm": arm, "n": 5, "mean": mean, "std": 0.01, "min": 0, "max": 1} for arm, mean in arms]
+    ).to_csv(folder / "summary.csv", index=False)
+    pd.DataFrame(
+        [{**group, "sgan_arm": sgan, "baseline_arm": "mlp improved_gan", "n_pairs": 5, "mean_diff": 0.188,
+          "ci_low": 0.17, "ci_high": 0.2, "p_value": 0.001, "wins": 5, "losses": 0, "ties": 0}]
+    ).to_csv(folder / "paired.csv", index=False)  # fmt: skip
+    (row,) = overview.verdict_rows(tmp_path / "reports")
+    assert (row["SGAN"], row["compute-matched"], row["tuned"]) == ("98.80%", "80.00%", "n/a")
+    assert row["SGAN - compute-matched"] == "+18.80 [+17.00, +20.00], 5 of 5" and row["SGAN - tuned"] == "n/a"
