@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     for method in METHODS:
         add_method_command(commands.add_parser(method, help=METHOD_HELP[method]), method)
     add_sweep_command(commands.add_parser("sweep", help="train every trial of a grid, each a nested child run"))
-    add_sweep_command(commands.add_parser("main", help="sweep, then report"))
+    add_sweep_command(commands.add_parser("main", help="sweep, then report"), with_report=True)
     add_report_command(commands.add_parser("report", help="aggregate finished runs into tables and plots"))
     add_bench_command(commands.add_parser("bench", help="time training steps: ours vs the classic Keras reference"))
     return parser
@@ -153,7 +153,7 @@ def add_method_command(sub: argparse.ArgumentParser, method: str) -> None:
     add_setting_arguments(sub, method)
 
 
-def add_sweep_command(sub: argparse.ArgumentParser) -> None:
+def add_sweep_command(sub: argparse.ArgumentParser, with_report: bool = False) -> None:
     """A sweep (`sweep`), or a sweep and its report (`main`)."""
     sub.add_argument("--methods", default="sgan,cnn", help=f"comma-separated, of {', '.join(METHODS)}")
     sub.add_argument("--max-parallel", type=int, default=1, help="trials at once, local executor (default 1)")
@@ -185,7 +185,7 @@ def add_sweep_command(sub: argparse.ArgumentParser) -> None:
         help="print the plan (what runs, is reused or resumed) and its ETA; run nothing",
     )
     add_setting_arguments(sub, None)
-    if sub.prog.endswith(" main"):
+    if with_report:
         sub.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
 
 

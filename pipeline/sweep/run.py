@@ -84,12 +84,12 @@ def run_sweep(
                 parent_id = parent.info.run_id
                 schedule(found.pending, resumes, executor, experiment_id, parent_id, progress.update, on_outcome)
         except BaseException as err:
-            progress.close()
             log_trials(outcomes)
             close_unfinished_runs(experiment_id, parent.info.run_id)
             record_stop(err)
             raise
-        progress.close()
+        finally:
+            progress.close()
         log_trials(outcomes)
         result = SweepResult(parent.info.run_id, experiment, outcomes)
         mlflow.log_metrics({"trials_finished": len(outcomes) - len(result.failed), "trials_failed": len(result.failed)})
